@@ -1,0 +1,20 @@
+"""EMMET's equality-constrained objective; ROME is its n = 1, μ = 0 case.
+
+``min ‖Ŵ K₀ − W K₀‖²  subject to  Ŵ K = W K + R`` (softened by μ when keys are near-dependent).
+"""
+
+from massedit.linalg import equality_factors
+from massedit.problem import Delta, LayerProblem
+from massedit.registry import register_objective
+
+
+@register_objective
+class EqualityObjective:
+    name = "equality"
+
+    def solve(self, problem: LayerProblem) -> Delta:
+        hp = problem.hparams
+        # C enters as λC so that μ is measured against the same scale as in least squares.
+        factor = problem.moment.factor(hp.mom2_lambda)
+        u, v = equality_factors(problem.residual, problem.keys, factor, hp.mu)
+        return Delta(u, v)

@@ -1,0 +1,17 @@
+"""MEMIT's objective: ``min ‖Ŵ K₀ − W K₀‖² + ‖Ŵ K − (W K + R)‖²``, closed form."""
+
+from massedit.linalg import least_squares_factors
+from massedit.problem import Delta, LayerProblem
+from massedit.registry import register_objective
+
+
+@register_objective
+class LeastSquaresObjective:
+    name = "least_squares"
+
+    def solve(self, problem: LayerProblem) -> Delta:
+        # ΔW = R Kᵀ (λC + K Kᵀ)⁻¹ = U Vᵀ with U = R (d_out, n), V = (λC + K Kᵀ)⁻¹ K (d_in, n)
+        u, v = least_squares_factors(
+            problem.residual, problem.keys, problem.moment.mean, problem.hparams.mom2_lambda
+        )
+        return Delta(u, v)

@@ -1,0 +1,22 @@
+"""MEMIT's spreading: layer j of m gets ``R / (m − j)`` of the residual still left at that step.
+
+The residual is re-measured on the partly edited model before each layer, so earlier layers'
+over- or under-shoot is corrected by the later ones.
+"""
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from massedit.registry import register_distribution
+
+
+@register_distribution
+class Spread:
+    name = "spread"
+
+    def layers(self, preset_layers: Sequence[int]) -> Sequence[int]:
+        return sorted(preset_layers)
+
+    def share(self, residual: Tensor, step: int, remaining: int) -> Tensor:
+        return residual / remaining

@@ -1,0 +1,331 @@
+"""Teacher-forced scoring of targets after prompts, many prompts per forward pass.
+
+Tokenisation follows ROME's code (``test_batch_prediction``): the prompt is tokenised on its own,
+with the tokenizer's special tokens (a Llama-style BOS), and the target as ``tok(" " + target)``
+without special tokens; the two id lists are concatenated. So a BOS appears once, at the start,
+and a target's ids do not depend on the prompt. The price: where the tokenizer would merge across
+the prompt/target boundary the model sees a split it would not produce itself. ROME and MEMIT
+accept this, and the editor optimises the same ids, so scores and edits agree.
+
+The batch is built from these ids directly (not by re-tokenising joined strings), padded on the
+tokenizer's side with an attention mask and position ids from the cumulative mask, so a padded
+row's logits equal those of the row run alone. Only the positions that predict target tokens are
+projected onto the vocabulary when the model supports ``logits_to_keep``.
+
+>>> nll = target_nll(model, tok, ["The Eiffel Tower is in"], ["Rome"])  # doctest: +SKIP
+>>> prob = torch.exp(-nll)  # probability of " Rome" as DESIGN §9 defines it  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TargetScore:
+    """Teacher-forced result for one (prompt, target) pair; all tensors are on the CPU."""
+
+    target_ids: torch.Tensor  # (t,) ids of " " + target
+    token_nll: torch.Tensor  # (t,) float32 -log p(target token | prompt, earlier target tokens)
+    argmax: torch.Tensor  # (t,) the model's top token at each target position
+
+    @property
+    def nll(self) -> float:
+        """Mean per-token NLL (DESIGN §9: probability = exp(-nll))."""
+        return float(self.token_nll.mean())
+
+    @property
+    def hits(self) -> torch.Tensor:
+        """(t,) bool: argmax equals the target token (EasyEdit's token accuracy)."""
+        return self.argmax == self.target_ids
+
+
+def prompt_token_ids(tok, prompt: str) -> list[int]:
+    """Ids of ``prompt`` with the tokenizer's leading special tokens (a BOS), none trailing.
+
+    A tokenizer that appends an EOS would otherwise put it between prompt and target.
+    """
+    with_special = tok(prompt)["input_ids"]
+    plain = tok(prompt, add_special_tokens=False)["input_ids"]
+    for start in range(len(with_special) - len(plain) + 1):
+        if with_special[start : start + len(plain)] == plain:
+            return list(with_special[: start + len(plain)])
+    return list(plain)  # a post-processor that rewrites tokens: fall back to the plain ids
+
+
+def target_token_ids(tok, target: str) -> list[int]:
+    """Ids of ``" " + target`` without special tokens, as ROME's ``tok(f" {target}")``.
+
+    SentencePiece tokenizers with a dummy prefix turn the leading space into a lone ``"▁"`` token
+    before the word's own (already space-marked) token; that token is dropped, since the model
+    never sees it between words.
+    """
+    ids = list(tok(" " + target, add_special_tokens=False)["input_ids"])
+    if len(ids) > 1 and tok.decode(ids[:1]).strip() == "":
+        ids = ids[1:]
+    return ids
+
+
+def encode_prompt_target(tok, prompt: str, target: str) -> tuple[list[int], int]:
+    """Concatenated ids of prompt and target, and the number of prompt ids."""
+    p_ids = prompt_token_ids(tok, prompt)
+    return p_ids + target_token_ids(tok, target), len(p_ids)
+
+
+@contextmanager
+def inference_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (dropout off) and no autograd, restoring the model's training flag afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _pad_id(tok) -> int:
+    # Pad ids are masked out, so any valid id works when the tokenizer has no pad token.
+    for candidate in (tok.pad_token_id, tok.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
+
+
+def pad_batch(
+    rows: Sequence[Sequence[int]], pad_id: int, side: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Pad id lists into ``(input_ids, attention_mask)``, both (batch, seq); and each row's offset.
+
+    ``offset`` is where a row's first real token sits (non-zero only with left padding).
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)  # (batch, seq)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)  # (batch, seq)
+    offsets = []
+    for i, r in enumerate(rows):
+        start = length - len(r) if side == "left" else 0
+        input_ids[i, start : start + len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, start : start + len(r)] = 1
+        offsets.append(start)
+    return input_ids.to(device), mask.to(device), offsets
+
+
+def _forward_kwargs(model: torch.nn.Module) -> tuple[bool, str | None]:
+    """Whether forward takes ``position_ids``, and its name for 'only project the last k'."""
+    params = inspect.signature(model.forward).parameters
+    keep = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+    return "position_ids" in params, keep
+
+
+def _score_batch(
+    model: torch.nn.Module, batch: Sequence[tuple[list[int], int]], pad_id: int, side: str
+) -> list[TargetScore]:
+    takes_positions, keep_name = _forward_kwargs(model)
+    device = _model_device(model)
+    input_ids, mask, offsets = pad_batch([ids for ids, _ in batch], pad_id, side, device)
+    n_targets = [len(ids) - n_prompt for ids, n_prompt in batch]
+    width = max(n_targets)
+
+    # Logits at position p predict token p + 1: target token j of row r sits at
+    # offset + n_prompt + j and is predicted from the position before it.
+    pred_pos = torch.zeros((len(batch), width), dtype=torch.long)  # (batch, t_max)
+    tgt = torch.zeros((len(batch), width), dtype=torch.long)  # (batch, t_max)
+    for r, ((ids, n_prompt), off) in enumerate(zip(batch, offsets, strict=True)):
+        t = n_targets[r]
+        pred_pos[r, :t] = off + n_prompt - 1 + torch.arange(t)
+        pred_pos[r, t:] = off + n_prompt - 1  # filler, ignored below
+        tgt[r, :t] = torch.tensor(ids[n_prompt:], dtype=torch.long)
+
+    kwargs: dict = {"input_ids": input_ids, "attention_mask": mask}
+    if takes_positions:
+        # Left padding shifts real tokens right; positions must still start at 0 for each row.
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)  # (batch, seq)
+    first = int(pred_pos.min())
+    if keep_name is not None:
+        # An int keeps the last k positions; supported under both names in every version.
+        kwargs[keep_name] = input_ids.shape[1] - first
+        pred_pos = pred_pos - first
+    logits = model(**kwargs).logits  # (batch, kept, vocab)
+    picked = torch.take_along_dim(logits, pred_pos.to(logits.device)[..., None], dim=1)
+    # (batch, t_max, vocab); log-softmax in fp32 so bf16/fp16 models score like fp32 ones
+    logp = picked.float().log_softmax(-1)
+    token_nll = -logp.gather(-1, tgt.to(logp.device)[..., None]).squeeze(-1).cpu()  # (batch, t_max)
+    argmax = picked.argmax(-1).cpu()  # (batch, t_max)
+    return [
+        TargetScore(tgt[r, :t].clone(), token_nll[r, :t].clone(), argmax[r, :t].clone())
+        for r, t in enumerate(n_targets)
+    ]
+
+
+def score_targets(
+    model: torch.nn.Module,
+    tok,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    batch_size: int = 32,
+    padding_side: str | None = None,
+) -> list[TargetScore]:
+    """Teacher-forced per-token NLL and argmax of ``" " + target`` after each prompt.
+
+    Pairs are sorted by length before batching (less padding) and returned in input order.
+    ``padding_side`` defaults to the tokenizer's; results do not depend on it beyond float noise.
+    """
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ValueError("score_targets scores decoder-only models; this one is encoder-decoder")
+    encoded = []
+    for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
+        ids, n_prompt = encode_prompt_target(tok, prompt, target)
+        if n_prompt == 0:
+            raise ValueError(f"pair {i}: prompt {prompt!r} has no tokens to condition on")
+        if len(ids) == n_prompt:
+            raise ValueError(f"pair {i}: target {target!r} has no tokens")
+        encoded.append((ids, n_prompt))
+    if not encoded:
+        return []
+    side = padding_side or getattr(tok, "padding_side", "right")
+    pad_id = _pad_id(tok)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    results: list[TargetScore | None] = [None] * len(encoded)
+    with inference_mode(model):
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            scores = _score_batch(model, [encoded[i] for i in chunk], pad_id, side)
+            for i, score in zip(chunk, scores, strict=True):
+                results[i] = score
+    return results  # type: ignore[return-value]
+
+
+def target_nll(
+    model: torch.nn.Module,
+    tok,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    batch_size: int = 32,
+    padding_side: str | None = None,
+) -> torch.Tensor:
+    """(n,) mean per-token NLL of ``" " + target`` after each prompt; probability = exp(-nll)."""
+    scores = score_targets(
+        model, tok, prompts, targets, batch_size=batch_size, padding_side=padding_side
+    )
+    return torch.tensor([s.nll for s in scores], dtype=torch.float32)
+
+
+def target_prob(
+    model: torch.nn.Module,
+    tok,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    batch_size: int = 32,
+    padding_side: str | None = None,
+) -> torch.Tensor:
+    """(n,) probability of each target as DESIGN §9 defines it: exp(-mean per-token NLL)."""
+    nll = target_nll(model, tok, prompts, targets, batch_size=batch_size, padding_side=padding_side)
+    return torch.exp(-nll)
+
+
+def target_token_hits(
+    model: torch.nn.Module,
+    tok,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    batch_size: int = 32,
+    padding_side: str | None = None,
+) -> list[torch.Tensor]:
+    """Per pair, (t,) bool: teacher-forced argmax equals each target token.
+
+    ``hits.float().mean()`` is EasyEdit's token accuracy for one prompt.
+    """
+    scores = score_targets(
+        model, tok, prompts, targets, batch_size=batch_size, padding_side=padding_side
+    )
+    return [s.hits for s in scores]
+
+
+def target_argmax(
+    model: torch.nn.Module,
+    tok,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    batch_size: int = 32,
+    padding_side: str | None = None,
+) -> list[torch.Tensor]:
+    """Per pair, (t,) the model's top token at each teacher-forced target position."""
+    scores = score_targets(
+        model, tok, prompts, targets, batch_size=batch_size, padding_side=padding_side
+    )
+    return [s.argmax for s in scores]
+
+
+def generate_batched(
+    model: torch.nn.Module,
+    tok,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 32,
+    include_prompt: bool = False,
+    **generate_kwargs,
+) -> list[str]:
+    """``model.generate`` over left-padded batches built from :func:`prompt_token_ids`.
+
+    Left padding keeps every row's last real token at the end, where generation continues.
+    """
+    pad_id = _pad_id(tok)
+    device = _model_device(model)
+    texts: list[str] = []
+    with inference_mode(model):
+        for start in range(0, len(prompts), batch_size):
+            chunk = [prompt_token_ids(tok, p) for p in prompts[start : start + batch_size]]
+            input_ids, mask, _ = pad_batch(chunk, pad_id, "left", device)
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_id,
+                **generate_kwargs,
+            )  # (batch, seq + new)
+            new = out[:, input_ids.shape[1] :]  # (batch, <= new)
+            for row, ids in zip(new.tolist(), chunk, strict=True):
+                # Decode prompt and continuation together so the joining space is the decoder's.
+                shown = ids + row if include_prompt else row
+                texts.append(tok.decode(shown, skip_special_tokens=True))
+    return texts
+
+
+def greedy_continuation(
+    model: torch.nn.Module,
+    tok,
+    prompts: Sequence[str],
+    max_new_tokens: int = 10,
+    *,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy continuation of each prompt (the new text only, special tokens removed)."""
+    return generate_batched(
+        model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=False
+    )

@@ -1,0 +1,235 @@
+"""The Editor: requests -> targets -> per-layer problems -> objective -> patch (DESIGN §3)."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from massedit.config import EditHparams, load_preset
+from massedit.context import corpus_prefixes, model_prefixes
+from massedit.corpus import iter_texts
+from massedit.keys import Read, subject_states
+from massedit.models import get_adapter, get_module, read_weight, write_weight
+from massedit.patch import EditPatch, SiteDelta, patched_weight
+from massedit.problem import LayerProblem
+from massedit.registry import get_distribution, get_method, get_objective
+from massedit.requests import EditRequest, as_requests, requests_digest
+from massedit.stats import StatsSpec, get_moments
+from massedit.targets import compute_targets
+
+logger = logging.getLogger(__name__)
+
+
+class EditError(RuntimeError):
+    """An edit was stopped (non-finite values, exploding update); the model is unchanged."""
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    from massedit import __version__
+
+    return {"massedit": __version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+class Editor:
+    """Write facts into a model with a registered method or any objective × distribution.
+
+    >>> editor = Editor(model, tok, method="memit", stats="wikitext-2/valid.txt", v_lr=0.5)
+    >>> patch = editor.edit([EditRequest("{} is located in", "Eiffel Tower", "Rome", "Paris")])
+    >>> patch.revert(model)
+    """
+
+    def __init__(
+        self,
+        model,
+        tok,
+        method: str = "memit",
+        *,
+        stats: StatsSpec | str | None = None,
+        objective: str | None = None,
+        distribution: str | None = None,
+        hparams: EditHparams | None = None,
+        progress: bool = True,
+        **overrides: Any,
+    ) -> None:
+        self.model, self.tok = model, tok
+        self.adapter = get_adapter(model)
+        spec = get_method(method)
+        self.method = method
+        self.objective_name = objective or spec.objective
+        self.distribution_name = distribution or spec.distribution
+        self.objective = get_objective(self.objective_name)
+        self.distribution = get_distribution(self.distribution_name)
+        if hparams is None:
+            preset = load_preset(method, model, spread=self.distribution_name != "single")
+            hparams, self.preset_source = preset.hparams, preset.source
+        else:
+            self.preset_source = "explicit"
+        self.hparams = hparams.replace(**overrides) if overrides else hparams
+        depth = self.adapter.depth(model.config)
+        bad = [layer for layer in self.hparams.layers if not 0 <= layer < depth]
+        if bad or not self.hparams.layers:
+            raise ValueError(f"edit layers {list(self.hparams.layers)} invalid for {depth} layers")
+        if isinstance(stats, str | Path):
+            stats = StatsSpec(corpus=str(stats))
+        self.stats_spec = stats or StatsSpec()
+        self.progress = progress
+        self._moments: dict = {}
+        self._stats_record: dict = {}
+        self._prefixes: list[str] | None = None
+        self._prior_keys: dict[int, torch.Tensor] = {}
+
+    # ---- shared pieces -----------------------------------------------------------------------
+    @property
+    def layers(self) -> list[int]:
+        return list(self.distribution.layers(self.hparams.layers))
+
+    def stats_tokens(self, corpus: str | None) -> int:
+        if self.stats_spec.tokens:
+            return int(self.stats_spec.tokens)
+        d_in = self.adapter.mlp_width(self.model.config)
+        # Text sampled from the model is slow to make: a few times d_in is enough to be full rank.
+        per_width = 4 if corpus == "self" else self.hparams.stats_tokens_per_width
+        return per_width * d_in
+
+    def moments(self) -> dict:
+        missing = [layer for layer in self.layers if layer not in self._moments]
+        if missing:
+            from massedit.stats import resolve_corpus
+
+            corpus = resolve_corpus(self.stats_spec, self.model, self.tok)
+            spec = StatsSpec(**{**self.stats_spec.__dict__, "corpus": corpus})
+            found, record = get_moments(self.model, self.tok, missing, spec,
+                                        self.stats_tokens(corpus), self.progress)
+            self._moments.update(found)
+            self._stats_record = record
+            self.stats_spec = spec
+        return self._moments
+
+    def prefixes(self) -> list[str]:
+        """Context prefixes, drawn once per editor with the preset's seed and saved in patches."""
+        if self._prefixes is None:
+            hp = self.hparams
+            if hp.context_source == "model":
+                self._prefixes = model_prefixes(self.model, self.tok, hp.context_lengths, hp.seed)
+            else:
+                self.moments()  # resolves the corpus
+                texts = []
+                for text in iter_texts(self.stats_spec.corpus, self.model, self.tok, hp.seed):
+                    texts.append(text)
+                    if sum(len(t) for t in texts) > 50_000:
+                        break
+                self._prefixes = corpus_prefixes(texts, hp.context_lengths, hp.seed)
+        return self._prefixes
+
+    # ---- the edit ----------------------------------------------------------------------------
+    def edit(
+        self,
+        requests: Iterable[EditRequest | Mapping[str, Any]],
+        *,
+        batch_size: int | None = None,
+        on_batch_done=None,
+    ) -> EditPatch:
+        """Write all requests; with ``batch_size`` they are written batch after batch, each batch
+        seeing the model the previous one left. Returns one patch for everything written.
+        ``on_batch_done(index, patch_so_far)`` is called after each batch (for checkpoints)."""
+        reqs = as_requests(requests)
+        self._validate(reqs)
+        batch_size = batch_size or len(reqs)
+        patch = EditPatch(metadata=self._metadata(reqs))
+        t0 = time.perf_counter()
+        try:
+            for b, lo in enumerate(range(0, len(reqs), batch_size)):
+                self._edit_batch(reqs[lo : lo + batch_size], patch)
+                if on_batch_done is not None:
+                    on_batch_done(b, patch)
+        except BaseException:
+            patch.revert(self.model)  # the model is left exactly as it was
+            raise
+        patch.metadata["seconds"] = round(time.perf_counter() - t0, 3)
+        patch.metadata["stats"] = self._stats_record
+        return patch
+
+    def _validate(self, reqs: Sequence[EditRequest]) -> None:
+        """Tokenise every request before anything runs, so bad input fails before any edit."""
+        from massedit.keys import encode_rows
+        from massedit.tokens import encode_target
+
+        for i, req in enumerate(reqs):
+            name = req.case_id if req.case_id is not None else i
+            try:
+                encode_rows(self.tok, [req], [""])
+                encode_target(self.tok, req.target_new)
+            except ValueError as err:
+                raise ValueError(f"request {name!r}: {err}") from err
+
+    def _metadata(self, reqs: Sequence[EditRequest]) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "objective": self.objective_name,
+            "distribution": self.distribution_name,
+            "preset": self.preset_source,
+            "hparams": self.hparams.to_dict(),
+            "layers": self.layers,
+            "model_type": self.model.config.model_type,
+            "model": getattr(self.model.config, "_name_or_path", ""),
+            "n_requests": len(reqs),
+            "requests_digest": requests_digest(reqs),
+            "versions": _versions(),
+        }
+
+    def _edit_batch(self, reqs: list[EditRequest], patch: EditPatch) -> None:
+        hp, adapter, layers = self.hparams, self.adapter, self.layers
+        moments = self.moments()
+        prefixes = self.prefixes()
+        patch.metadata["prefixes"] = prefixes
+        last_block = adapter.block_name(layers[-1])
+        targets = compute_targets(self.model, self.tok, reqs, prefixes, last_block, hp,
+                                  self.progress)
+        patch.metadata.setdefault("target_nll", []).extend(
+            [round(float(x), 5) for x in targets.nll])
+        for j, layer in enumerate(layers):
+            site = adapter.site_name(layer)
+            keys, h_now = subject_states(
+                self.model, self.tok, reqs, prefixes,
+                [Read(site, inputs=True), Read(last_block, inputs=False, average=False)],
+                stop_at=last_block, batch_rows=hp.batch_rows,
+            )  # (n, d_in), (n, d_model)
+            residual = self.distribution.share(targets.z - h_now, j, len(layers) - j)  # (n, d)
+            module = get_module(self.model, site)
+            weight = read_weight(module, adapter.layout)  # (d_out, d_in)
+            problem = LayerProblem(
+                weight=weight.detach(), keys=keys.T.contiguous(), residual=residual.T.contiguous(),
+                moment=moments[layer], hparams=hp, layer=layer,
+                prior_keys=self._prior_keys.get(layer),
+            )
+            delta = self.objective.solve(problem).compact()
+            self._check(delta, weight, site)
+            patch.record_original(site, weight)
+            write_weight(module, adapter.layout, patched_weight(weight, delta))
+            patch.deltas.append(SiteDelta(site, layer, adapter.layout, delta))
+            prior = self._prior_keys.get(layer)
+            self._prior_keys[layer] = problem.keys if prior is None else torch.cat(
+                [prior, problem.keys], dim=1)
+            logger.info("layer %d: |ΔW| = %.4g (|W| = %.4g), residual %.4g", layer,
+                        float(delta.matrix().norm()), float(weight.float().norm()),
+                        float(residual.norm()))
+
+    def _check(self, delta, weight: torch.Tensor, site: str) -> None:
+        d = delta.matrix()
+        if not torch.isfinite(d).all():
+            raise EditError(f"update at {site} has non-finite values; the edit was stopped")
+        ratio = float(d.norm() / weight.float().norm().clamp_min(1e-12))
+        if ratio > self.hparams.max_update_ratio:
+            raise EditError(
+                f"update at {site} is {ratio:.1f}× the weight's own norm (limit "
+                f"{self.hparams.max_update_ratio}); the edit was stopped and the model restored"
+            )

@@ -1,0 +1,90 @@
+"""Small context managers over forward hooks (in the spirit of baukit's nethook).
+
+>>> with capture(model, ["transformer.h.3.mlp.c_proj"], inputs=True) as seen:
+...     model(**batch)
+>>> seen["transformer.h.3.mlp.c_proj"].shape     # (batch, seq, d_in)
+
+>>> with stop_after(model, "transformer.h.5"):    # no work is done past block 5
+...     run_until(model, batch)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from massedit.models import get_module
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass early (nothing downstream is computed)."""
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+@contextmanager
+def capture(
+    model: nn.Module, names: Sequence[str], *, inputs: bool = False, detach: bool = True
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Record each named module's output (or first positional input) on every forward pass."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in names:
+        module = get_module(model, name)
+
+        def hook(_mod, args, output, name=name):
+            value = _first(args) if inputs else _first(output)
+            seen[name] = value.detach() if detach else value
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def edit_output(
+    model: nn.Module, name: str, fn: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """Replace a module's (first) output with ``fn(output)`` while the context is open."""
+    module = get_module(model, name)
+
+    def hook(_mod, _args, output):
+        if isinstance(output, tuple):
+            return (fn(output[0]), *output[1:])
+        return fn(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def stop_after(model: nn.Module, name: str) -> Iterator[None]:
+    """End any forward pass once module ``name`` has run; use with :func:`run_until`."""
+
+    def hook(_mod, _args, _output):
+        raise StopForward
+
+    handle = get_module(model, name).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def run_until(model: nn.Module, batch: dict) -> None:
+    """Run a forward pass that a :func:`stop_after` hook is expected to cut short."""
+    try:
+        model(**batch, use_cache=False)
+    except StopForward:
+        pass

@@ -1,0 +1,73 @@
+"""The data passed between the editor and the objectives (DESIGN §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+from massedit.config import EditHparams
+from massedit.linalg import cholesky_with_ridge
+
+
+@dataclass
+class SecondMoment:
+    """``C = E[k kᵀ]`` at one site, kept as a sum and a count so that shards add exactly."""
+
+    total: torch.Tensor  # (d_in, d_in), fp32 or fp64
+    count: int
+
+    @cached_property
+    def mean(self) -> torch.Tensor:  # (d_in, d_in) fp64
+        return self.total.to(torch.float64) / max(self.count, 1)
+
+    def factor(self, scale: float = 1.0) -> torch.Tensor:
+        """Cholesky factor of ``scale · C``, computed once per (layer, scale) and reused."""
+        cache = self.__dict__.setdefault("_factors", {})
+        if scale not in cache:
+            cache[scale] = cholesky_with_ridge(scale * self.mean)
+        return cache[scale]
+
+
+@dataclass
+class LayerProblem:
+    """One layer's update problem: write ``Ŵ K ≈ W K + R`` while preserving ``W K₀`` (via C)."""
+
+    weight: torch.Tensor  # W (d_out, d_in), Linear layout, the model's dtype
+    keys: torch.Tensor  # K (d_in, n) fp32
+    residual: torch.Tensor  # R (d_out, n) fp32, this layer's share
+    moment: SecondMoment  # C at this site
+    hparams: EditHparams
+    layer: int = 0
+    prior_keys: torch.Tensor | None = None  # (d_in, m) keys of earlier sequential batches
+
+
+@dataclass
+class Delta:
+    """An update ``ΔW`` (d_out, d_in) as factors ``U Vᵀ`` (rank ≤ n) or dense."""
+
+    u: torch.Tensor | None = None  # (d_out, r)
+    v: torch.Tensor | None = None  # (d_in, r)
+    dense: torch.Tensor | None = None  # (d_out, d_in)
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dense is None and (self.u is None or self.v is None):
+            raise ValueError("a Delta needs factors u and v, or a dense matrix")
+
+    def matrix(self) -> torch.Tensor:
+        """Dense ``ΔW`` in fp32 (d_out, d_in)."""
+        if self.dense is not None:
+            return self.dense.to(torch.float32)
+        return (self.u.to(torch.float64) @ self.v.to(torch.float64).T).to(torch.float32)
+
+    def compact(self) -> Delta:
+        """Factors when they are smaller than the dense matrix (DESIGN §11), else dense."""
+        if self.dense is not None:
+            return Delta(dense=self.dense.to(torch.float32), info=self.info)
+        d_out, r = self.u.shape
+        d_in = self.v.shape[0]
+        if r < min(d_out, d_in) / 2:
+            return Delta(self.u.to(torch.float32), self.v.to(torch.float32), info=self.info)
+        return Delta(dense=self.matrix(), info=self.info)

@@ -1,0 +1,188 @@
+"""Target hidden states ``z`` for a batch of requests, optimised together (DESIGN §5).
+
+A free vector ``δ_i`` is added to block ``L``'s output at request i's subject token, in every
+prefix of its prompt and in its KL prompt "{subject} is a". Each request's loss is
+
+    mean_prefixes NLL(" " + target_new | prefix + prompt)
+      + kl_factor · KL(P_δ ‖ P_0)  at the subject token of "{subject} is a"
+      + weight_decay · ‖δ_i‖ / ‖h_i‖²
+
+and the total is the plain *sum* over requests, so every δ_i sees exactly the gradient it would
+see alone (Adam is element-wise): a batched run equals n separate runs. Requests stop on their own
+(loss below ``early_stop_loss``) and their rows leave the batch. Logits are computed only at the
+positions the loss reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from massedit.config import EditHparams
+from massedit.hooks import edit_output
+from massedit.requests import EditRequest
+from massedit.tokens import encode_target, encode_with_subject, pad_id_of, pad_right
+
+logger = logging.getLogger(__name__)
+
+KL_PROMPT = "{} is a"
+
+
+@dataclass
+class TargetResult:
+    z: torch.Tensor  # (n, d_model) fp32: h + δ
+    h: torch.Tensor  # (n, d_model) fp32: block-L output at the subject token, plain prompt
+    nll: torch.Tensor  # (n,) final mean NLL of target_new
+    steps: torch.Tensor  # (n,) gradient steps each request took
+
+
+@dataclass
+class _Rows:
+    """Token rows of a group of requests: T rewrite rows each, then one KL row each."""
+
+    batch: dict[str, torch.Tensor]
+    subj_pos: torch.Tensor  # (rows,)
+    row_req: torch.Tensor  # (rows,) local request index
+    tgt_row: torch.Tensor  # (n_tgt,) row of each target token
+    tgt_pos: torch.Tensor  # (n_tgt,) position whose logits predict it
+    tgt_id: torch.Tensor  # (n_tgt,)
+    tgt_len: torch.Tensor  # (rewrite rows,) target length per rewrite row
+    n_rewrite: int
+
+
+def _build_rows(tok, requests, prefixes, device) -> _Rows:
+    seqs, subj, row_req, tgt_row, tgt_pos, tgt_id, tgt_len = [], [], [], [], [], [], []
+    for i, req in enumerate(requests):
+        target = encode_target(tok, req.target_new)
+        for prefix in prefixes:
+            enc = encode_with_subject(tok, prefix + req.text, req.subject_span(prefix))
+            r = len(seqs)
+            seqs.append(enc.ids + target[:-1])  # teacher forcing
+            subj.append(enc.subject_last)
+            row_req.append(i)
+            for j, t in enumerate(target):
+                tgt_row.append(r)
+                tgt_pos.append(len(enc.ids) - 1 + j)
+                tgt_id.append(t)
+            tgt_len.append(len(target))
+    n_rewrite = len(seqs)
+    for i, req in enumerate(requests):
+        kl_text = KL_PROMPT.format(req.subject)
+        enc = encode_with_subject(tok, kl_text, (0, len(req.subject)))
+        seqs.append(enc.ids)
+        subj.append(enc.subject_last)
+        row_req.append(i)
+
+    def t(x):
+        return torch.tensor(x, dtype=torch.long, device=device)
+
+    return _Rows(
+        pad_right(seqs, pad_id_of(tok), device), t(subj), t(row_req), t(tgt_row), t(tgt_pos),
+        t(tgt_id), t(tgt_len), n_rewrite,
+    )
+
+
+def _head(model, hidden: torch.Tensor) -> torch.Tensor:
+    """LM-head logits for selected hidden states (k, d) -> (k, vocab), fp32."""
+    logits = model.get_output_embeddings()(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _groups(n_requests: int, rows_per_request: int, batch_rows: int) -> list[list[int]]:
+    per = max(1, batch_rows // rows_per_request)
+    return [list(range(lo, min(n_requests, lo + per))) for lo in range(0, n_requests, per)]
+
+
+def compute_targets(
+    model,
+    tok,
+    requests: Sequence[EditRequest],
+    prefixes: Sequence[str],
+    block_name: str,
+    hp: EditHparams,
+    progress: bool = True,
+) -> TargetResult:
+    """Optimise all requests' ``δ`` together; ``block_name`` is the last edit layer's block."""
+    device = next(model.parameters()).device
+    n = len(requests)
+    d_model = model.get_output_embeddings().weight.shape[1]
+    delta = torch.zeros(n, d_model, device=device, requires_grad=True)  # (n, d_model)
+    opt = torch.optim.Adam([delta], lr=hp.v_lr)
+    groups = _groups(n, len(prefixes) + 1, hp.batch_rows)
+    rows = [_build_rows(tok, [requests[i] for i in g], prefixes, device) for g in groups]
+    h = torch.zeros(n, d_model, device=device)  # block output at plain prompt, δ = 0
+    kl_ref: list[torch.Tensor | None] = [None] * len(groups)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    steps = torch.zeros(n, dtype=torch.long)
+    last_nll = torch.full((n,), float("nan"))
+    frozen = torch.zeros_like(delta)
+    base = model.base_model
+    bar = tqdm(range(hp.v_num_grad_steps), desc="targets", disable=not progress, leave=False)
+    for it in bar:
+        opt.zero_grad(set_to_none=False)
+        for g, (idx, r) in enumerate(zip(groups, rows, strict=True)):
+            idx_t = torch.tensor(idx, device=device)
+            if bool(done[idx_t].all()):
+                continue
+            d_local = delta[idx_t]  # (g, d)
+            captured = {}
+
+            def add_delta(out, r=r, d_local=d_local, captured=captured):
+                ar = torch.arange(out.shape[0], device=out.device)
+                if "h" not in captured:
+                    captured["h"] = out[ar, r.subj_pos].detach().float()  # (rows, d)
+                upd = torch.zeros_like(out)
+                upd[ar, r.subj_pos] = d_local[r.row_req].to(out.dtype)
+                return out + upd
+
+            with edit_output(model, block_name, add_delta):
+                hidden = base(**r.batch, use_cache=False).last_hidden_state  # (rows, seq, d)
+            if it == 0:
+                plain = torch.arange(0, r.n_rewrite, len(prefixes), device=device)
+                h[idx_t] = captured["h"][plain]
+            # NLL of target tokens, per rewrite row then averaged over prefixes.
+            logp = _head(model, hidden[r.tgt_row, r.tgt_pos]).log_softmax(-1)  # (n_tgt, vocab)
+            tok_lp = logp.gather(1, r.tgt_id[:, None])[:, 0]  # (n_tgt,)
+            row_nll = torch.zeros(r.n_rewrite, device=device).index_add(0, r.tgt_row, -tok_lp)
+            nll = (row_nll / r.tgt_len).view(len(idx), len(prefixes)).mean(1)  # (g,)
+            # KL at the subject token of the KL prompt, against the unedited distribution.
+            kl_rows = torch.arange(r.n_rewrite, r.n_rewrite + len(idx), device=device)
+            kl_lp = _head(model, hidden[kl_rows, r.subj_pos[kl_rows]]).log_softmax(-1)
+            if kl_ref[g] is None:
+                kl_ref[g] = kl_lp.detach()
+            kl = (kl_lp.exp() * (kl_lp - kl_ref[g])).sum(-1)  # (g,) KL(P_δ ‖ P_0)
+            wd = hp.v_weight_decay * d_local.norm(dim=-1) / h[idx_t].norm(dim=-1) ** 2
+            loss = nll + hp.kl_factor * kl + wd  # (g,)
+            active = ~done[idx_t]
+            last_nll[idx] = torch.where(active, nll.detach(), last_nll[idx].to(device)).cpu()
+            finished = active & (loss.detach() < hp.early_stop_loss)
+            if bool(finished.any()):
+                newly = idx_t[finished]
+                done[newly] = True
+                frozen[newly] = delta.detach()[newly]
+            active = active & ~finished
+            if it < hp.v_num_grad_steps - 1 and bool(active.any()):
+                loss[active].sum().backward()
+                steps[idx_t[active].cpu()] += 1
+        if bool(done.all()) or it == hp.v_num_grad_steps - 1:
+            break
+        opt.step()
+        with torch.no_grad():
+            # Requests that stopped keep the δ they stopped with (Adam momentum would move them).
+            delta[done] = frozen[done]
+            max_norm = hp.clamp_norm_factor * h.norm(dim=-1, keepdim=True)  # (n, 1)
+            scale = (max_norm / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+            delta.mul_(scale)
+        bar.set_postfix(active=int((~done).sum()), nll=f"{float(last_nll.nanmean()):.3f}")
+    delta = delta.detach()
+    if not torch.isfinite(delta).all():
+        raise FloatingPointError("target optimisation produced non-finite values")
+    return TargetResult(z=h + delta, h=h.clone(), nll=last_nll, steps=steps)
