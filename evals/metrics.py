@@ -18,7 +18,6 @@ against reference texts.
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from collections import Counter
@@ -31,8 +30,6 @@ from sklearn.metrics.pairwise import cosine_similarity
 
 from .readers import EvalCase
 from .scoring import _model_device, generate_batched, score_targets, target_nll
-
-logger = logging.getLogger(__name__)
 
 COUNTERFACT_FAMILIES = ("rewrite_prompts", "paraphrase_prompts", "neighborhood_prompts")
 

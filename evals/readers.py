@@ -62,6 +62,10 @@ class EvalCase:
     case_id: str | int | None = None
     dataset: str = ""
 
+    def __post_init__(self) -> None:
+        if self.case_id is None:  # one id for the case and its request, whichever was given
+            object.__setattr__(self, "case_id", self.request.case_id)
+
     @property
     def target_new(self) -> str:
         return self.request.target_new

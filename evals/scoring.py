@@ -5,12 +5,15 @@ with the tokenizer's special tokens (a Llama-style BOS), and the target as ``tok
 without special tokens; the two id lists are concatenated. So a BOS appears once, at the start,
 and a target's ids do not depend on the prompt. The price: where the tokenizer would merge across
 the prompt/target boundary the model sees a split it would not produce itself. ROME and MEMIT
-accept this, and the editor optimises the same ids, so scores and edits agree.
+accept this; an editor that builds its targets with :func:`target_token_ids` optimises exactly the
+ids scored here.
 
-The batch is built from these ids directly (not by re-tokenising joined strings), padded on the
-tokenizer's side with an attention mask and position ids from the cumulative mask, so a padded
-row's logits equal those of the row run alone. Only the positions that predict target tokens are
-projected onto the vocabulary when the model supports ``logits_to_keep``.
+The batch is built from these ids directly (not by re-tokenising joined strings), padded with an
+attention mask and position ids from the cumulative mask, so a padded row's logits equal those of
+the row run alone, on either padding side. Left padding is the default because it puts every
+target at the end of its row: with ``logits_to_keep`` only the last ``max target length + 1``
+positions are projected onto the vocabulary. Models whose forward takes no ``position_ids`` are
+right-padded, where positions need no correction.
 
 >>> nll = target_nll(model, tok, ["The Eiffel Tower is in"], ["Rome"])  # doctest: +SKIP
 >>> prob = torch.exp(-nll)  # probability of " Rome" as DESIGN §9 defines it  # doctest: +SKIP
@@ -185,7 +188,8 @@ def score_targets(
     """Teacher-forced per-token NLL and argmax of ``" " + target`` after each prompt.
 
     Pairs are sorted by length before batching (less padding) and returned in input order.
-    ``padding_side`` defaults to the tokenizer's; results do not depend on it beyond float noise.
+    ``padding_side`` (``"left"``/``"right"``) changes memory use, not results beyond float noise;
+    the default is left when the model takes ``position_ids``, else right.
     """
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
@@ -203,8 +207,9 @@ def score_targets(
         encoded.append((ids, n_prompt))
     if not encoded:
         return []
-    side = padding_side or getattr(tok, "padding_side", "right")
+    side = padding_side or ("left" if _forward_kwargs(model)[0] else "right")
     pad_id = _pad_id(tok)
+    logger.debug("scoring %d pairs, %s-padded, batch size %d", len(encoded), side, batch_size)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     results: list[TargetScore | None] = [None] * len(encoded)
     with inference_mode(model):

@@ -58,6 +58,7 @@ class Editor:
         distribution: str | None = None,
         hparams: EditHparams | None = None,
         progress: bool = True,
+        keep_problems: bool = False,
         **overrides: Any,
     ) -> None:
         self.model, self.tok = model, tok
@@ -82,6 +83,9 @@ class Editor:
             stats = StatsSpec(corpus=str(stats))
         self.stats_spec = stats or StatsSpec()
         self.progress = progress
+        # For inspection and tests: every solved LayerProblem (with a copy of W) and its Delta.
+        self.keep_problems = keep_problems
+        self.solved: list[tuple[LayerProblem, Any]] = []
         self._moments: dict = {}
         self._stats_record: dict = {}
         self._prefixes: list[str] | None = None
@@ -213,6 +217,9 @@ class Editor:
             )
             delta = self.objective.solve(problem).compact()
             self._check(delta, weight, site)
+            if self.keep_problems:
+                problem.weight = weight.detach().clone()
+                self.solved.append((problem, delta))
             patch.record_original(site, weight)
             write_weight(module, adapter.layout, patched_weight(weight, delta))
             patch.deltas.append(SiteDelta(site, layer, adapter.layout, delta))

@@ -175,10 +175,11 @@ def accumulate_moments(
             if site == deepest:
                 raise StopForward
         handles.append(get_module(model, site).register_forward_hook(hook))
+    max_length = min(spec.max_length, model_max_length(model))
     bar = tqdm(total=tokens, desc="statistics", unit="tok", disable=not progress, leave=False)
     try:
         batch: list[list[int]] = []
-        for chunk in token_chunks(tok, texts, spec.max_length):
+        for chunk in token_chunks(tok, texts, max_length):
             batch.append(chunk[: tokens - seen["count"] - sum(map(len, batch))])
             if len(batch) == spec.batch_size or seen["count"] + sum(map(len, batch)) >= tokens:
                 _run_batch(model, batch, tok, device, seen, bar)
@@ -196,6 +197,16 @@ def accumulate_moments(
     if seen["count"] < tokens:
         logger.warning("corpus ran out: %d of %d tokens collected", seen["count"], tokens)
     return {s: SecondMoment(sums[s], seen["count"]) for s in sites}
+
+
+def model_max_length(model) -> int:
+    """Longest sequence the model's position embeddings allow."""
+    cfg = model.config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, attr, None)
+        if value:
+            return int(value)
+    return 1 << 30
 
 
 def _run_batch(model, batch, tok, device, seen, bar) -> None:

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from massedit.evals import (
+    encode_prompt_target,
+    greedy_continuation,
+    score_targets,
+    target_argmax,
+    target_nll,
+    target_prob,
+    target_token_hits,
+)
+from massedit.evals.scoring import target_token_ids
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
@@ -16,22 +26,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from massedit.evals import (
-    encode_prompt_target,
-    greedy_continuation,
-    score_targets,
-    target_argmax,
-    target_nll,
-    target_prob,
-    target_token_hits,
-)
-from massedit.evals.scoring import target_token_ids
-
 WORDS = (
     "the eiffel tower is in paris rome city of new york danny green plays for toronto raptors "
     "a b c d e f g h what language does speak french english located capital"
 ).split()
-BOS_ID = 2
+BOS_ID, EOS_ID = 2, 3
 
 PROMPTS = [
     "the eiffel tower is in",
@@ -44,7 +43,8 @@ TARGETS = ["paris", "toronto raptors", "language does speak", "rome", "c d e f"]
 
 
 def word_tokenizer(bos: bool = False, padding_side: str = "right") -> PreTrainedTokenizerFast:
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<bos>", "<eos>", *dict.fromkeys(WORDS)])}
+    tokens = ["<pad>", "<unk>", "<bos>", "<eos>", *dict.fromkeys(WORDS)]
+    vocab = {w: i for i, w in enumerate(tokens)}
     backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = Whitespace()
     if bos:
@@ -64,8 +64,11 @@ def word_tokenizer(bos: bool = False, padding_side: str = "right") -> PreTrained
 def tiny_model(kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
     vocab = len(WORDS) + 8
+    special = {"pad_token_id": 0, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID}
     if kind == "gpt2":
-        config = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=vocab, n_positions=64)
+        config = GPT2Config(
+            n_layer=2, n_embd=32, n_head=4, vocab_size=vocab, n_positions=64, **special
+        )
         model = GPT2LMHeadModel(config)
     else:
         config = LlamaConfig(
@@ -76,6 +79,7 @@ def tiny_model(kind: str) -> torch.nn.Module:
             num_key_value_heads=2,
             vocab_size=vocab,
             max_position_embeddings=64,
+            **special,
         )
         model = LlamaForCausalLM(config)
     return model.eval()
@@ -103,24 +107,25 @@ def model(request):
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("bos", [False, True])
 def test_target_nll_matches_unbatched_forward(model, side: str, bos: bool) -> None:
-    tok = word_tokenizer(bos=bos, padding_side=side)
-    expected = torch.tensor([hand_scores(model, tok, p, t)[0] for p, t in zip(PROMPTS, TARGETS)])
+    tok = word_tokenizer(bos=bos)
+    expected = torch.tensor(
+        [hand_scores(model, tok, p, t)[0] for p, t in zip(PROMPTS, TARGETS, strict=True)]
+    )
     # batch_size 3 mixes lengths within a batch, so padding is exercised on every row
-    got = target_nll(model, tok, PROMPTS, TARGETS, batch_size=3)
+    got = target_nll(model, tok, PROMPTS, TARGETS, batch_size=3, padding_side=side)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    # the explicit argument overrides the tokenizer's side and gives the same numbers
-    other = "right" if side == "left" else "left"
-    again = target_nll(model, tok, PROMPTS, TARGETS, batch_size=5, padding_side=other)
+    # one batch holding every length, and the default side, give the same numbers
+    again = target_nll(model, tok, PROMPTS, TARGETS, batch_size=5)
     torch.testing.assert_close(again, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(target_prob(model, tok, PROMPTS, TARGETS), torch.exp(-got))
 
 
 @pytest.mark.parametrize("bos", [False, True])
 def test_token_hits_and_argmax_match_unbatched_forward(model, bos: bool) -> None:
-    tok = word_tokenizer(bos=bos, padding_side="left")
-    hits = target_token_hits(model, tok, PROMPTS, TARGETS, batch_size=2)
+    tok = word_tokenizer(bos=bos)
+    hits = target_token_hits(model, tok, PROMPTS, TARGETS, batch_size=2, padding_side="right")
     argmax = target_argmax(model, tok, PROMPTS, TARGETS, batch_size=4)
-    for i, (p, t) in enumerate(zip(PROMPTS, TARGETS)):
+    for i, (p, t) in enumerate(zip(PROMPTS, TARGETS, strict=True)):
         _, hand_argmax, ids = hand_scores(model, tok, p, t)
         assert torch.equal(argmax[i], hand_argmax)
         assert torch.equal(hits[i], hand_argmax == ids)
@@ -174,11 +179,14 @@ def test_scoring_uses_eval_mode_and_restores_training_flag() -> None:
 
 
 def hand_greedy(model, tok, prompt: str, steps: int) -> str:
-    ids = tok(prompt)["input_ids"]
+    start = tok(prompt)["input_ids"]
+    ids = list(start)
     with torch.no_grad():
         for _ in range(steps):
             ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-    return tok.decode(ids[-steps:], skip_special_tokens=True)
+            if ids[-1] == EOS_ID:  # generate stops a row at EOS
+                break
+    return tok.decode(ids[len(start) :], skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("bos", [False, True])
