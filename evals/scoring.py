@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from massedit.tokens import encode_target, pad_batch, pad_id_of
+
 logger = logging.getLogger(__name__)
 
 
@@ -65,16 +67,8 @@ def prompt_token_ids(tok, prompt: str) -> list[int]:
 
 
 def target_token_ids(tok, target: str) -> list[int]:
-    """Ids of ``" " + target`` without special tokens, as ROME's ``tok(f" {target}")``.
-
-    SentencePiece tokenizers with a dummy prefix turn the leading space into a lone ``"▁"`` token
-    before the word's own (already space-marked) token; that token is dropped, since the model
-    never sees it between words.
-    """
-    ids = list(tok(" " + target, add_special_tokens=False)["input_ids"])
-    if len(ids) > 1 and tok.decode(ids[:1]).strip() == "":
-        ids = ids[1:]
-    return ids
+    """Ids of ``" " + target``: the engine's own tokenisation, so scores and edits agree."""
+    return encode_target(tok, target)
 
 
 def encode_prompt_target(tok, prompt: str, target: str) -> tuple[list[int], int]:
@@ -96,37 +90,12 @@ def inference_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 def _pad_id(tok) -> int:
-    # Pad ids are masked out, so any valid id works when the tokenizer has no pad token.
-    for candidate in (tok.pad_token_id, tok.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0
+    return pad_id_of(tok)
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:
     device = getattr(model, "device", None)
     return device if isinstance(device, torch.device) else next(model.parameters()).device
-
-
-def pad_batch(
-    rows: Sequence[Sequence[int]], pad_id: int, side: str, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Pad id lists into ``(input_ids, attention_mask)``, both (batch, seq); and each row's offset.
-
-    ``offset`` is where a row's first real token sits (non-zero only with left padding).
-    """
-    if side not in ("left", "right"):
-        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
-    length = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)  # (batch, seq)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)  # (batch, seq)
-    offsets = []
-    for i, r in enumerate(rows):
-        start = length - len(r) if side == "left" else 0
-        input_ids[i, start : start + len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, start : start + len(r)] = 1
-        offsets.append(start)
-    return input_ids.to(device), mask.to(device), offsets
 
 
 def _forward_kwargs(model: torch.nn.Module) -> tuple[bool, str | None]:
@@ -199,11 +168,12 @@ def score_targets(
         raise ValueError("score_targets scores decoder-only models; this one is encoder-decoder")
     encoded = []
     for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
-        ids, n_prompt = encode_prompt_target(tok, prompt, target)
+        try:
+            ids, n_prompt = encode_prompt_target(tok, prompt, target)
+        except ValueError as err:  # a target that tokenises to nothing
+            raise ValueError(f"pair {i}: target {target!r} has no tokens") from err
         if n_prompt == 0:
             raise ValueError(f"pair {i}: prompt {prompt!r} has no tokens to condition on")
-        if len(ids) == n_prompt:
-            raise ValueError(f"pair {i}: target {target!r} has no tokens")
         encoded.append((ids, n_prompt))
     if not encoded:
         return []

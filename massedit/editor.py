@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import platform
 import time
@@ -16,7 +17,7 @@ from massedit.context import corpus_prefixes, model_prefixes
 from massedit.corpus import iter_texts
 from massedit.keys import Read, subject_states
 from massedit.models import get_adapter, get_module, read_weight, write_weight
-from massedit.patch import EditPatch, SiteDelta, patched_weight
+from massedit.patch import EditPatch, SiteDelta, patched_weight, weight_digest
 from massedit.problem import LayerProblem
 from massedit.registry import get_distribution, get_method, get_objective
 from massedit.requests import EditRequest, as_requests, requests_digest
@@ -24,6 +25,17 @@ from massedit.stats import StatsSpec, get_moments
 from massedit.targets import compute_targets
 
 logger = logging.getLogger(__name__)
+
+
+def weights_key(model) -> str:
+    """Identity of the model's current edit-site weights (the only ones massedit changes), so
+    targets computed on an edited model are never reused for another state of it."""
+    adapter = get_adapter(model)
+    h = hashlib.sha256()
+    for layer in range(adapter.depth(model.config)):
+        w = read_weight(get_module(model, adapter.site_name(layer)), adapter.layout)
+        h.update(weight_digest(w).encode())
+    return h.hexdigest()
 
 
 class EditError(RuntimeError):
@@ -59,6 +71,7 @@ class Editor:
         hparams: EditHparams | None = None,
         progress: bool = True,
         keep_problems: bool = False,
+        target_cache: dict | None = None,
         **overrides: Any,
     ) -> None:
         self.model, self.tok = model, tok
@@ -86,6 +99,9 @@ class Editor:
         # For inspection and tests: every solved LayerProblem (with a copy of W) and its Delta.
         self.keep_problems = keep_problems
         self.solved: list[tuple[LayerProblem, Any]] = []
+        # Targets depend on the requests, prefixes, last edit layer and the target settings only,
+        # so studies that vary λ, μ, objectives or earlier layers can share them.
+        self.target_cache = target_cache if target_cache is not None else {}
         self._moments: dict = {}
         self._stats_record: dict = {}
         self._prefixes: list[str] | None = None
@@ -196,8 +212,7 @@ class Editor:
         prefixes = self.prefixes()
         patch.metadata["prefixes"] = prefixes
         last_block = adapter.block_name(layers[-1])
-        targets = compute_targets(self.model, self.tok, reqs, prefixes, last_block, hp,
-                                  self.progress)
+        targets = self._targets(reqs, prefixes, last_block)
         patch.metadata.setdefault("target_nll", []).extend(
             [round(float(x), 5) for x in targets.nll])
         for j, layer in enumerate(layers):
@@ -229,6 +244,16 @@ class Editor:
             logger.info("layer %d: |ΔW| = %.4g (|W| = %.4g), residual %.4g", layer,
                         float(delta.matrix().norm()), float(weight.float().norm()),
                         float(residual.norm()))
+
+    def _targets(self, reqs, prefixes, last_block):
+        hp = self.hparams
+        key = (requests_digest(reqs), tuple(prefixes), last_block, hp.v_lr, hp.v_num_grad_steps,
+               hp.kl_factor, hp.v_weight_decay, hp.clamp_norm_factor, hp.early_stop_loss,
+               weights_key(self.model))
+        if key not in self.target_cache:
+            self.target_cache[key] = compute_targets(
+                self.model, self.tok, reqs, prefixes, last_block, hp, self.progress)
+        return self.target_cache[key]
 
     def _check(self, delta, weight: torch.Tensor, site: str) -> None:
         d = delta.matrix()

@@ -27,10 +27,14 @@ def encode_with_subject(tok, text: str, span: tuple[int, int], where: str = "") 
     """Tokenise ``text`` (with the tokenizer's special tokens) and locate the subject span's last
     token: the last non-special token whose characters overlap ``span``."""
     enc = tok(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    ids, specials = list(enc["input_ids"]), list(enc["special_tokens_mask"])
+    while specials and specials[-1]:  # a trailing EOS would sit between prompt and target
+        ids.pop()
+        specials.pop()
     start, end = span
     last = None
     for i, ((a, b), special) in enumerate(
-        zip(enc["offset_mapping"], enc["special_tokens_mask"], strict=True)
+        zip(enc["offset_mapping"][: len(ids)], specials, strict=True)
     ):
         if special or a == b:
             continue
@@ -38,26 +42,47 @@ def encode_with_subject(tok, text: str, span: tuple[int, int], where: str = "") 
             last = i
     if last is None:
         raise ValueError(f"{where}: subject span {span} of {text!r} maps to no token")
-    return Encoded(list(enc["input_ids"]), last)
+    return Encoded(ids, last)
 
 
 def encode_target(tok, target: str) -> list[int]:
-    """Token ids of ``" " + target`` as a continuation (no BOS or other special tokens)."""
-    ids = tok(" " + target, add_special_tokens=False)["input_ids"]
+    """Ids of ``" " + target`` as a continuation, as ROME's ``tok(f" {target}")`` (no specials).
+
+    SentencePiece tokenizers with a dummy prefix turn the leading space into a lone ``"▁"`` token
+    before the word's own (already space-marked) token; it is dropped, since the model never sees
+    it between words.
+    """
+    ids = list(tok(" " + target, add_special_tokens=False)["input_ids"])
+    if len(ids) > 1 and tok.decode(ids[:1]).strip() == "":
+        ids = ids[1:]
     if not ids:
         raise ValueError(f"target {target!r} tokenises to nothing")
-    return list(ids)
+    return ids
+
+
+def pad_batch(
+    rows: Sequence[Sequence[int]], pad_id: int, side: str = "right", device=None
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Pad id lists into ``input_ids`` and ``attention_mask`` (batch, seq), plus each row's
+    offset (where its first real token sits; non-zero only with left padding)."""
+    if side not in ("left", "right"):
+        raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (batch, seq)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (batch, seq)
+    offsets = []
+    for i, r in enumerate(rows):
+        start = width - len(r) if side == "left" else 0
+        ids[i, start : start + len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, start : start + len(r)] = 1
+        offsets.append(start)
+    return ids.to(device), mask.to(device), offsets
 
 
 def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask`` (batch, seq)."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    """Right-padded model inputs: positions and logits of real tokens are as unpadded."""
+    ids, mask, _ = pad_batch(seqs, pad_id, "right", device)
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def pad_id_of(tok) -> int:
