@@ -88,3 +88,64 @@ def run_until(model: nn.Module, batch: dict) -> None:
         model(**batch, use_cache=False)
     except StopForward:
         pass
+
+
+class _Replay(nn.Module):
+    """Stands in for a transformer block whose output is already known.
+
+    Blocks below the target layer give the same output at every optimisation step (δ enters
+    above them), so they are replaced by this module: it returns ``value`` when given, else its
+    input unchanged, in the same structure (tensor or tuple) the real block returned.
+    """
+
+    def __init__(self, template, value: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.is_tuple = isinstance(template, tuple)
+        self.tail = tuple(template[1:]) if self.is_tuple else ()
+        self.value = value
+
+    def forward(self, *args, **kwargs):
+        x = self.value if self.value is not None else (args[0] if args else kwargs["hidden_states"])
+        return (x, *self.tail) if self.is_tuple else x
+
+
+@contextmanager
+def record_block_outputs(model: nn.Module, layers_path: str, upto: int) -> Iterator[dict]:
+    """Record the outputs of blocks ``0..upto`` (for :func:`replay_blocks`)."""
+    blocks = get_module(model, layers_path)
+    seen: dict[int, object] = {}
+    handles = []
+    for i in range(upto + 1):
+        def hook(_m, _a, output, i=i):
+            seen[i] = (tuple(o.detach() if torch.is_tensor(o) else o for o in output)
+                       if isinstance(output, tuple) else output.detach())
+        handles.append(blocks[i].register_forward_hook(hook))
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def replay_blocks(
+    model: nn.Module, layers_path: str, recorded: dict, value: torch.Tensor
+) -> Iterator[None]:
+    """Skip blocks ``0..upto``: block ``upto`` returns ``value``, the ones below do nothing.
+
+    >>> with record_block_outputs(model, "model.layers", 5) as rec:
+    ...     model(**batch)                       # one real pass
+    >>> with replay_blocks(model, "model.layers", rec, rec[5] + change):
+    ...     model(**batch)                       # blocks 0-5 cost nothing now
+    """
+    blocks = get_module(model, layers_path)
+    upto = max(recorded)
+    originals = [blocks[i] for i in range(upto + 1)]
+    try:
+        for i in range(upto):
+            blocks[i] = _Replay(recorded[i])
+        blocks[upto] = _Replay(recorded[upto], value)
+        yield
+    finally:
+        for i, module in enumerate(originals):
+            blocks[i] = module

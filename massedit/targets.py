@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from massedit.config import EditHparams
-from massedit.hooks import edit_output
+from massedit.hooks import edit_output, record_block_outputs, replay_blocks
 from massedit.requests import EditRequest
 from massedit.tokens import encode_target, encode_with_subject, pad_id_of, pad_right
 
@@ -108,8 +108,14 @@ def compute_targets(
     block_name: str,
     hp: EditHparams,
     progress: bool = True,
+    replay: bool = True,
 ) -> TargetResult:
-    """Optimise all requests' ``δ`` together; ``block_name`` is the last edit layer's block."""
+    """Optimise all requests' ``δ`` together; ``block_name`` is the last edit layer's block.
+
+    With ``replay`` the blocks up to ``block_name`` run once; later steps reuse their output
+    (they cannot depend on δ), which saves that share of every forward pass.
+    """
+    layers_path, _, layer = block_name.rpartition(".")
     device = next(model.parameters()).device
     n = len(requests)
     d_model = model.get_output_embeddings().weight.shape[1]
@@ -124,6 +130,7 @@ def compute_targets(
     last_nll = torch.full((n,), float("nan"))
     frozen = torch.zeros_like(delta)
     base = model.base_model
+    recorded: list[dict] = [{} for _ in groups]  # per group: block outputs 0..L at δ = 0
     bar = tqdm(range(hp.v_num_grad_steps), desc="targets", disable=not progress, leave=False)
     for it in bar:
         opt.zero_grad(set_to_none=False)
@@ -142,8 +149,19 @@ def compute_targets(
                 upd[ar, r.subj_pos] = d_local[r.row_req].to(out.dtype)
                 return out + upd
 
-            with edit_output(model, block_name, add_delta):
-                hidden = base(**r.batch, use_cache=False).last_hidden_state  # (rows, seq, d)
+            if replay and recorded[g]:
+                cached = recorded[g][int(layer)]
+                cached = cached[0] if isinstance(cached, tuple) else cached  # (rows, seq, d)
+                with replay_blocks(model, layers_path, recorded[g], add_delta(cached)):
+                    hidden = base(**r.batch, use_cache=False).last_hidden_state
+            elif replay:
+                with record_block_outputs(model, layers_path, int(layer)) as rec, \
+                        edit_output(model, block_name, add_delta):
+                    hidden = base(**r.batch, use_cache=False).last_hidden_state  # (rows, seq, d)
+                recorded[g] = dict(rec)
+            else:
+                with edit_output(model, block_name, add_delta):
+                    hidden = base(**r.batch, use_cache=False).last_hidden_state
             if it == 0:
                 plain = torch.arange(0, r.n_rewrite, len(prefixes), device=device)
                 h[idx_t] = captured["h"][plain]

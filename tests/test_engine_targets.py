@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from massedit.config import EditHparams
 from massedit.targets import compute_targets
-from massedit.testing.tiny import tiny_model
+from massedit.models import get_adapter, get_module
+from massedit.testing.tiny import TINY_MODEL_TYPES, tiny_model
 from tests.test_engine_algebra import REQUESTS
 
 PREFIXES = ["", "one two three . ", "The old man is very good . "]
@@ -41,3 +43,19 @@ def test_early_stopping_is_per_request():
     others = [i for i in range(len(REQUESTS)) if i != easiest]
     assert all(int(res.steps[i]) > 0 for i in others)
     assert all(not torch.equal(res.z[i], res.h[i]) for i in others)
+
+
+@pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
+def test_replaying_lower_blocks_changes_nothing(model_type):
+    """Blocks below the target layer run once; later steps reuse their output exactly."""
+    model, tok = tiny_model(model_type)
+    adapter = get_adapter(model)
+    hp = EditHparams(layers=(2,), v_num_grad_steps=4, early_stop_loss=0.0)
+    block = adapter.block_name(2)
+    fast = compute_targets(model, tok, REQUESTS, PREFIXES, block, hp, progress=False)
+    slow = compute_targets(model, tok, REQUESTS, PREFIXES, block, hp, progress=False,
+                           replay=False)
+    assert torch.allclose(fast.z, slow.z, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(fast.z, fast.h)
+    # The real blocks are back in place afterwards.
+    assert type(get_module(model, adapter.block_name(0))).__name__ != "_Replay"
