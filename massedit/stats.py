@@ -168,6 +168,8 @@ def accumulate_moments(
     handles = []
     for site in sites:
         def hook(_m, args, _out, site=site):
+            if not seen.get("active"):  # e.g. the model generating its own corpus ("self")
+                return
             k = args[0].reshape(-1, args[0].shape[-1])[seen["mask"]].to(dtype)  # (tokens, d_in)
             if site not in sums:
                 sums[site] = torch.zeros(k.shape[1], k.shape[1], dtype=dtype, device=k.device)
@@ -217,10 +219,13 @@ def _run_batch(model, batch, tok, device, seen, bar) -> None:
         return
     enc = pad_right(batch, pad_id_of(tok), device)
     seen["mask"] = enc["attention_mask"].reshape(-1).bool()
+    seen["active"] = True
     try:
         model(**enc, use_cache=False)
     except StopForward:
         pass
+    finally:
+        seen["active"] = False
     n = int(enc["attention_mask"].sum())
     seen["count"] += n
     bar.update(n)
