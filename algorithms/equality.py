@@ -15,6 +15,6 @@ class EqualityObjective:
     def solve(self, problem: LayerProblem) -> Delta:
         hp = problem.hparams
         # C enters as λC so that μ is measured against the same scale as in least squares.
-        factor = problem.moment.factor(hp.mom2_lambda)
+        factor = problem.moment.factor(hp.mom2_lambda, hp.moment_ridge)
         u, v = equality_factors(problem.residual, problem.keys, factor, hp.mu)
         return Delta(u, v)

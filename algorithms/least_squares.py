@@ -11,7 +11,7 @@ class LeastSquaresObjective:
 
     def solve(self, problem: LayerProblem) -> Delta:
         # ΔW = R Kᵀ (λC + K Kᵀ)⁻¹ = U Vᵀ with U = R (d_out, n), V = (λC + K Kᵀ)⁻¹ K (d_in, n)
-        u, v = least_squares_factors(
-            problem.residual, problem.keys, problem.moment.mean, problem.hparams.mom2_lambda
-        )
+        hp = problem.hparams
+        moment = problem.moment.regularised(hp.moment_ridge)
+        u, v = least_squares_factors(problem.residual, problem.keys, moment, hp.mom2_lambda)
         return Delta(u, v)

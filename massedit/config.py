@@ -32,6 +32,8 @@ class EditHparams:
     # Objectives: λ scales C in least squares; μ regularises the equality objective.
     mom2_lambda: float = 15000.0
     mu: float = 0.0
+    # Relative ridge on C (× its mean eigenvalue): keeps C⁻¹k bounded when units are dead.
+    moment_ridge: float = 1e-3
     # Context prefixes: (count, length in words) pairs; the plain prompt is always included.
     context_lengths: tuple[tuple[int, int], ...] = ((5, 5), (5, 10))
     context_source: str = "corpus"  # or "model": sample prefixes from the model, as the reference

@@ -321,7 +321,8 @@ def _check_repeats(pairs: Sequence[tuple[Record, EditRequest]]) -> list[Problem]
 def validate(table: EditTable) -> EditSet:
     """All requests of ``table``, or :class:`EditFileError` listing every problem."""
     problems = list(table.problems)
-    missing = [c for c in REQUIRED if c not in table.columns]
+    # A file with no columns at all (empty) is already reported; no need to list each column.
+    missing = [c for c in REQUIRED if c not in table.columns] if table.columns else []
     for column in missing:
         problems.append(Problem(
             f"missing column {column!r} (columns found: {', '.join(table.columns) or 'none'}); "
@@ -329,7 +330,7 @@ def validate(table: EditTable) -> EditSet:
             line=1 if table.records and table.records[0].lines else None))
     if not table.records and not problems:
         problems.append(Problem("the file holds no edits"))
-    if missing:
+    if missing or not table.records:
         raise EditFileError(table.source, problems)
     ignored = [c for c in table.columns if c not in (*REQUIRED, *OPTIONAL)]
     if ignored:

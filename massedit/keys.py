@@ -33,7 +33,9 @@ def encode_rows(tok, requests: Sequence[EditRequest], prefixes: Sequence[str]) -
     for i, req in enumerate(requests):
         for prefix in prefixes:
             where = f"request {req.case_id if req.case_id is not None else i}"
-            rows.append(encode_with_subject(tok, prefix + req.text, req.subject_span(prefix), where))
+            rows.append(
+                encode_with_subject(tok, prefix + req.text, req.subject_span(prefix), where)
+            )
     return rows
 
 
@@ -59,10 +61,17 @@ def subject_states(
         batch = pad_right([r.ids for r in chunk], pad, device)
         pos = torch.tensor([r.subject_last for r in chunk], device=device)  # (b,)
         arange = torch.arange(len(chunk), device=device)
-        with capture(model, [n for n in names if any(r.name == n and r.inputs for r in reads)],
-                     inputs=True) as seen_in, capture(
-            model, [n for n in names if any(r.name == n and not r.inputs for r in reads)]
-        ) as seen_out, stop_after(model, stop_at):
+        with (
+            capture(
+                model,
+                [n for n in names if any(r.name == n and r.inputs for r in reads)],
+                inputs=True,
+            ) as seen_in,
+            capture(
+                model, [n for n in names if any(r.name == n and not r.inputs for r in reads)]
+            ) as seen_out,
+            stop_after(model, stop_at),
+        ):
             run_until(model, batch)
         for j, read in enumerate(reads):
             full = (seen_in if read.inputs else seen_out)[read.name]  # (b, seq, dim)

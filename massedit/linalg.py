@@ -28,7 +28,9 @@ def cholesky_with_ridge(a: torch.Tensor, *, max_tries: int = 8) -> torch.Tensor:
         if int(info) == 0:
             logger.info("matrix was singular: added a ridge of %.3g to factor it", float(ridge))
             return factor
-    raise ValueError("matrix is not positive definite even with a ridge; the statistics look broken")
+    raise ValueError(
+        "matrix is not positive definite even with a ridge; the statistics look broken"
+    )
 
 
 def cho_solve(factor: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -61,6 +63,8 @@ def equality_factors(
     k = keys.to(torch.float64)
     v = cho_solve(moment_factor, k)  # (d_in, n)
     gram = k.T @ v  # (n, n) = Kᵀ C⁻¹ K, symmetric positive definite for independent keys
-    gram = 0.5 * (gram + gram.T) + mu * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    gram = 0.5 * (gram + gram.T) + mu * torch.eye(
+        gram.shape[0], dtype=gram.dtype, device=gram.device
+    )
     u = torch.linalg.solve(gram, residual.to(torch.float64).T).T  # (d_out, n) = R M⁻¹
     return u, v

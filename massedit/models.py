@@ -115,8 +115,19 @@ ADAPTERS: dict[str, ModelAdapter] = {
     ),
 }
 # Llama-like families share one description (DESIGN §4).
-for _name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3",
-              "olmo", "olmo2", "granite"):
+for _name in (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "olmo",
+    "olmo2",
+    "granite",
+):
     ADAPTERS[_name] = _LLAMA_LIKE
 
 
@@ -131,9 +142,9 @@ def get_adapter(model_or_config) -> ModelAdapter:
     if model_type not in ADAPTERS:
         known = ", ".join(sorted(ADAPTERS))
         raise ValueError(
-            f"model type {model_type!r} has no massedit adapter (known: {known}). Register one with "
-            "massedit.models.register_adapter(model_type, ModelAdapter(...)), giving the layer list "
-            "path, the MLP output projection and the weight layout."
+            f"model type {model_type!r} has no massedit adapter (known: {known}). Register one "
+            "with massedit.models.register_adapter(model_type, ModelAdapter(...)), giving the "
+            "layer list path, the MLP output projection and the weight layout."
         )
     return ADAPTERS[model_type]
 

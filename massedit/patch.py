@@ -76,7 +76,9 @@ class EditPatch:
                 )
         for sd in self.deltas:
             module = get_module(model, sd.site)
-            write_weight(module, sd.layout, patched_weight(read_weight(module, sd.layout), sd.delta))
+            write_weight(
+                module, sd.layout, patched_weight(read_weight(module, sd.layout), sd.delta)
+            )
 
     def revert(self, model) -> None:
         """Restore the original weights of every edited site, bit for bit."""
@@ -100,15 +102,19 @@ class EditPatch:
 
     # ---- files -----------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, *, include_originals: bool = True) -> Path:
-        """Write ``patch.json`` + ``deltas.safetensors`` (+ ``originals.safetensors``) atomically."""
+        """Write ``patch.json``, ``deltas.safetensors`` and ``originals.safetensors`` atomically."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
         try:
             tensors, index = {}, []
             for i, sd in enumerate(self.deltas):
-                entry = {"site": sd.site, "layer": sd.layer, "layout": sd.layout,
-                         "info": sd.delta.info}
+                entry = {
+                    "site": sd.site,
+                    "layer": sd.layer,
+                    "layout": sd.layout,
+                    "info": sd.delta.info,
+                }
                 if sd.delta.dense is not None:
                     tensors[f"{i}.dense"] = sd.delta.dense.contiguous().cpu()
                     entry["kind"] = "dense"
@@ -119,11 +125,17 @@ class EditPatch:
                 index.append(entry)
             save_file(tensors, str(tmp / "deltas.safetensors"))
             if include_originals and self.originals:
-                save_file({k: v.contiguous() for k, v in self.originals.items()},
-                          str(tmp / "originals.safetensors"))
+                save_file(
+                    {k: v.contiguous() for k, v in self.originals.items()},
+                    str(tmp / "originals.safetensors"),
+                )
             layouts = {sd.site: sd.layout for sd in self.deltas}
-            doc = {"format": PATCH_FORMAT, "deltas": index, "base_digests": self.base_digests,
-                   "metadata": {**self.metadata, "layouts": layouts}}
+            doc = {
+                "format": PATCH_FORMAT,
+                "deltas": index,
+                "base_digests": self.base_digests,
+                "metadata": {**self.metadata, "layouts": layouts},
+            }
             (tmp / "patch.json").write_text(json.dumps(doc, indent=2, default=str))
             if directory.exists():
                 shutil.rmtree(directory)

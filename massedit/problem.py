@@ -22,12 +22,24 @@ class SecondMoment:
     def mean(self) -> torch.Tensor:  # (d_in, d_in) fp64
         return self.total.to(torch.float64) / max(self.count, 1)
 
-    def factor(self, scale: float = 1.0) -> torch.Tensor:
-        """Cholesky factor of ``scale · C``, computed once per (layer, scale) and reused."""
+    def regularised(self, ridge: float = 0.0) -> torch.Tensor:
+        """``C + ridge · (tr C / d) · I`` (d_in, d_in) fp64.
+
+        Dead or nearly dead MLP units give C eigenvalues near zero; a key with any component
+        there makes ``C⁻¹k`` explode. A ridge relative to C's mean eigenvalue bounds that.
+        """
+        if ridge == 0.0:
+            return self.mean
+        d = self.mean.shape[0]
+        scale = ridge * float(self.mean.diagonal().sum()) / d
+        return self.mean + scale * torch.eye(d, dtype=self.mean.dtype, device=self.mean.device)
+
+    def factor(self, scale: float = 1.0, ridge: float = 0.0) -> torch.Tensor:
+        """Cholesky factor of ``scale · (C + ridge)``, computed once per layer and reused."""
         cache = self.__dict__.setdefault("_factors", {})
-        if scale not in cache:
-            cache[scale] = cholesky_with_ridge(scale * self.mean)
-        return cache[scale]
+        if (scale, ridge) not in cache:
+            cache[(scale, ridge)] = cholesky_with_ridge(scale * self.regularised(ridge))
+        return cache[(scale, ridge)]
 
 
 @dataclass

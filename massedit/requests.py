@@ -26,7 +26,9 @@ def _normalise_template(prompt: str, subject: str, where: str) -> str:
         prompt = prompt.replace("{subject}", PLACEHOLDER)
     count = prompt.count(PLACEHOLDER)
     if count > 1:
-        raise RequestError(f"{where}: field 'prompt' has {count} '{{}}' placeholders; use exactly one")
+        raise RequestError(
+            f"{where}: field 'prompt' has {count} '{{}}' placeholders; use exactly one"
+        )
     if count == 1:
         return prompt
     if subject and subject in prompt:
@@ -113,7 +115,9 @@ def as_requests(items: Iterable[EditRequest | Mapping[str, Any]]) -> list[EditRe
     """Accept requests or plain dicts; errors name the item's index."""
     out = []
     for i, item in enumerate(items):
-        out.append(item if isinstance(item, EditRequest) else EditRequest.from_dict(item, case_id=i))
+        out.append(
+            item if isinstance(item, EditRequest) else EditRequest.from_dict(item, case_id=i)
+        )
     if not out:
         raise RequestError("no edit requests given")
     return out

@@ -18,7 +18,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     """Random sentences over the tiny tokenizer's vocabulary: keys span every direction."""
-    from massedit.testing.tiny import TINY_WORDS
+    from massedit.testing import TINY_WORDS
 
     rng = random.Random(0)
     words = list(TINY_WORDS)

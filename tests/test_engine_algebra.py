@@ -8,7 +8,7 @@ import torch
 from massedit import Editor, EditRequest, StatsSpec
 from massedit.models import get_adapter, get_module, read_weight
 from massedit.registry import get_objective
-from massedit.testing.tiny import TINY_MODEL_TYPES, tiny_gpt2_pair, tiny_model
+from massedit.testing import TINY_MODEL_TYPES, tiny_gpt2_pair, tiny_model
 
 REQUESTS = [
     EditRequest("The {} is located in", "Eiffel Tower", "Rome", "Paris"),
@@ -55,7 +55,7 @@ def test_least_squares_solves_normal_equations(model_type, tiny_corpus, stats_di
     editor.edit(REQUESTS)
     for problem, delta in editor.solved:
         k, r = problem.keys.double(), problem.residual.double()
-        a = 3.0 * problem.moment.mean + k @ k.T
+        a = 3.0 * problem.moment.regularised(problem.hparams.moment_ridge) + k @ k.T
         lhs = delta.matrix().double() @ a  # ΔW (λC + K Kᵀ)
         assert _rel(lhs, r @ k.T) < 1e-6
 
@@ -74,7 +74,8 @@ def test_rome_equals_emmet_at_one_request_and_rank_one_formula(tiny_corpus, stat
     # the objective's fp64 factors (patches store them in fp32).
     solved = get_objective("equality").solve(p_rome)
     k = p_rome.keys.double()  # (d_in, 1)
-    cinv_k = torch.linalg.solve(p_rome.moment.mean * p_rome.hparams.mom2_lambda, k)
+    c = p_rome.moment.regularised(p_rome.hparams.moment_ridge) * p_rome.hparams.mom2_lambda
+    cinv_k = torch.linalg.solve(c, k)
     expected = p_rome.residual.double() @ cinv_k.T / (k.T @ cinv_k)
     assert _rel(solved.u @ solved.v.T, expected) < 1e-8
 

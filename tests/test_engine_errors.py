@@ -7,7 +7,7 @@ import torch
 
 from massedit import EditError, Editor, EditRequest
 from massedit.requests import RequestError
-from massedit.testing.tiny import tiny_model
+from massedit.testing import tiny_model
 from tests.test_engine_algebra import REQUESTS, _editor
 
 

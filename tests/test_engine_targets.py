@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from massedit.config import EditHparams
-from massedit.targets import compute_targets
 from massedit.models import get_adapter, get_module
-from massedit.testing.tiny import TINY_MODEL_TYPES, tiny_model
+from massedit.targets import compute_targets
+from massedit.testing import TINY_MODEL_TYPES, tiny_model
 from tests.test_engine_algebra import REQUESTS
 
 PREFIXES = ["", "one two three . ", "The old man is very good . "]

@@ -23,7 +23,7 @@ def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
 def test_local_folder_and_unknown_architecture(tmp_path):
     from transformers import AutoModelForCausalLM, BloomConfig
 
-    from massedit.testing.tiny import tiny_model
+    from massedit.testing import tiny_model
 
     model, tok = tiny_model("gpt2")
     model.save_pretrained(tmp_path / "m")

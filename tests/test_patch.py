@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from massedit import EditPatch
-from massedit.testing.tiny import tiny_model
+from massedit.testing import tiny_model
 from tests.test_engine_algebra import REQUESTS, _editor
 
 

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from massedit.corpus import iter_texts
 from massedit.models import get_adapter
 from massedit.stats import StatsSpec, accumulate_moments, cache_path, fingerprint, get_moments
-from massedit.testing.tiny import tiny_model
+from massedit.testing import tiny_model
 
 
 def test_one_pass_equals_explicit_sum(tiny_corpus):

@@ -6,7 +6,7 @@ import pytest
 
 from massedit.keys import encode_rows
 from massedit.requests import EditRequest
-from massedit.testing.tiny import TINY_WORDS
+from massedit.testing import TINY_WORDS
 from massedit.testing.tokenizer import build_word_tokenizer
 from massedit.tokens import encode_target, encode_with_subject, pad_batch
 

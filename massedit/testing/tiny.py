@@ -8,7 +8,6 @@ everywhere and a transposed weight can never pass a shape check by accident.
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import replace
 from typing import Any
 
@@ -26,8 +25,6 @@ from transformers.pytorch_utils import Conv1D
 
 from massedit.models import ADAPTERS, get_adapter, get_module, register_adapter
 from massedit.testing.tokenizer import build_word_tokenizer
-
-log = logging.getLogger(__name__)
 
 TINY_MODEL_TYPES: tuple[str, ...] = (
     "gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "gemma3_text",
@@ -124,7 +121,8 @@ def tiny_model(
         raise ValueError(f"no tiny config for {model_type!r}; known: {', '.join(TINY_MODEL_TYPES)}")
     if tokenizer is None:
         tokenizer = build_word_tokenizer(TINY_WORDS, add_bos=model_type in _LLAMA_LIKE)
-    config = AutoConfig.for_model(model_type, **_config_kwargs(model_type, tokenizer, n_layer, width))
+    kwargs = _config_kwargs(model_type, tokenizer, n_layer, width)
+    config = AutoConfig.for_model(model_type, **kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -2,12 +2,25 @@
 
 Subjects are two-token names ("Anna Moreau") drawn from a grid of first and last names so that
 neither name alone determines a fact: the subject's LAST token must gather the first name through
-attention before an MLP can look the fact up, which is how recall works in real models and what
-makes a rank-one edit at a middle MLP layer meaningful. Each relation has a few phrasings; the model
-is trained on random concatenations of fact sentences (so prompts work after a context prefix too)
-and cached with ``save_pretrained``; later calls load it in seconds.
-"""
+attention, as in real models. Each relation has three phrasings; the model is trained on random
+concatenations of fact sentences (so prompts also work after a context prefix) with a training-only
+attention mask that makes the subject's last token the reliable route to the subject (see
+``toytrain._Batches``). The model is cached with ``save_pretrained``; later calls load it in
+seconds.
 
+Where the facts live (causal trace: both subject tokens noised, one state restored at the subject's
+last token; measured on the cached models):
+
+- gpt2 (6 layers): restoring the block output at layers 0-3 brings back 0.63-0.68 of the answer's
+  probability (0.12 corrupted, 0.99 clean); MLP 0 resolves the name, MLPs 1-4 together matter
+  (mean-ablating them drops recall to 68%), and the prompt's last token reads the subject at layers
+  4-5. Rank-one edits at layers 1-3, with targets optimised on the main prompt only, flip 10/10
+  facts, carry to 20/20 paraphrases and keep 38/40 neighbours.
+- llama (6 layers): the prompt's last token reads the subject already at layers 1-2, so edits work
+  at layers 0-1 (10/10, 19-20/20 paraphrases, 39-40/40 neighbours) and fail from layer 2 on.
+
+:data:`TOY_EDIT_LAYERS` records those layers for tests.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -17,13 +30,11 @@ import os
 import random
 import shutil
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     PreTrainedModel,
@@ -31,11 +42,26 @@ from transformers import (
 )
 
 from massedit.requests import EditRequest
-from massedit.testing.tokenizer import build_word_tokenizer
+from massedit.testing.toytrain import (
+    ARCH_SPECS,
+    TrainSpec,
+    recall,
+    toy_accuracy,
+    train_toy_model,
+    training_threads,
+)
+
+__all__ = [
+    "ARCH_SPECS", "TOY_EDIT_LAYERS", "Relation", "ToyWorld", "TrainSpec", "WorldSpec", "recall",
+    "toy_accuracy", "toy_world_model", "train_toy_model",
+]
 
 log = logging.getLogger(__name__)
 
 TOYWORLD_VERSION = 1  # bump when generation or training changes, to invalidate old caches
+
+# Layers where a rank-one edit at the subject's last token works on the default models (above).
+TOY_EDIT_LAYERS: dict[str, tuple[int, ...]] = {"gpt2": (1, 2, 3), "llama": (0, 1)}
 
 FIRST_NAMES = (
     "Anna Boris Clara David Elena Felix Greta Hugo Irene Jonas Karla Lukas Maria Nils Olga Peter "
@@ -57,7 +83,9 @@ class Relation:
 RELATIONS: tuple[Relation, ...] = (
     Relation(
         "lives_in",
-        tuple("Paris Rome London Berlin Madrid Tokyo Cairo Athens Vienna Dublin Lisbon Oslo".split()),
+        tuple(
+            "Paris Rome London Berlin Madrid Tokyo Cairo Athens Vienna Dublin Lisbon Oslo".split()
+        ),
         ("{} lives in", "{} resides in", "The home of {} is"),
     ),
     Relation(
@@ -79,32 +107,6 @@ class WorldSpec:
     relations: tuple[Relation, ...] = RELATIONS
 
 
-@dataclass(frozen=True)
-class TrainSpec:
-    """Model shape and optimisation; ``arch`` is a ``config.model_type``."""
-
-    arch: str = "gpt2"
-    n_layer: int = 6
-    width: int = 64
-    mlp_width: int = 256
-    heads: int = 4
-    steps: int = 1500
-    batch_size: int = 32
-    seq_len: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    warmup: int = 50
-    other_token_weight: float = 0.1  # loss weight of non-object tokens (keeps it a language model)
-    eval_every: int = 100  # stop early once every fact is recalled with confidence
-    seed: int = 0
-
-
-ARCH_SPECS: dict[str, TrainSpec] = {
-    "gpt2": TrainSpec(),
-    "llama": TrainSpec(arch="llama", width=128, mlp_width=384, steps=1500, lr=2e-3),
-}
-
-
 @dataclass
 class ToyWorld:
     """Generated facts. ``facts[i]`` has subject, first, last, relation, object, templates."""
@@ -117,7 +119,7 @@ class ToyWorld:
     @classmethod
     def generate(cls, spec: WorldSpec = WorldSpec()) -> ToyWorld:
         rng = random.Random(spec.seed)
-        grid = [(f, s) for f in spec.first_names for s in spec.last_names]
+        grid = [(f, s) for f in spec.first_names for s in spec.last_names if f != s]
         if spec.n_subjects > len(grid):
             raise ValueError(f"n_subjects={spec.n_subjects} exceeds the {len(grid)} possible names")
         names = rng.sample(grid, spec.n_subjects)
@@ -161,12 +163,14 @@ class ToyWorld:
         return "\n".join(lines)
 
     def words(self) -> list[str]:
+        """The world's vocabulary (each word once, in a fixed order)."""
         out = ["."]
         for rel in self.spec.relations:
             for t in rel.templates:
                 out += t.replace("{}", " ").split()
             out += rel.objects
-        return out + list(self.spec.first_names) + list(self.spec.last_names)
+        out += [*self.spec.first_names, *self.spec.last_names]
+        return list(dict.fromkeys(out))
 
     def requests(self, n: int, seed: int = 0, n_neighbors: int = 4) -> list[EditRequest]:
         """``n`` distinct facts to rewrite, each to another object of the same relation.
@@ -210,161 +214,6 @@ class ToyWorld:
 
 
 # ---------------------------------------------------------------------------------------------
-# Recall measurement
-
-
-@torch.no_grad()
-def _recall(
-    model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str], answers: list[str],
-    batch_size: int = 256,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy next-token hits ``(n,)`` bool and the answers' probabilities ``(n,)``."""
-    if len(prompts) != len(answers):
-        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-    device = next(model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    answer_ids = torch.tensor(
-        [tok(" " + a, add_special_tokens=False)["input_ids"][0] for a in answers], device=device
-    )  # (n,)
-    was_training = model.training
-    model.eval()
-    hits, probs = [], []
-    for start in range(0, len(prompts), batch_size):
-        ids = [tok(p)["input_ids"] for p in prompts[start : start + batch_size]]
-        # Right padding by hand: absolute positions stay those of an unpadded prompt.
-        x = torch.full((len(ids), max(map(len, ids))), pad, dtype=torch.long)  # (b, L)
-        mask = torch.zeros_like(x)
-        for i, row in enumerate(ids):
-            x[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        x, mask = x.to(device), mask.to(device)
-        logits = model(input_ids=x, attention_mask=mask).logits  # (b, L, V)
-        last = logits[torch.arange(len(ids), device=device), mask.sum(1) - 1].float()  # (b, V)
-        target = answer_ids[start : start + len(ids)]
-        hits.append(last.argmax(-1) == target)
-        probs.append(last.softmax(-1).gather(1, target[:, None])[:, 0])
-    model.train(was_training)
-    return torch.cat(hits).cpu(), torch.cat(probs).cpu()
-
-
-def toy_accuracy(
-    model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str], answers: list[str]
-) -> float:
-    """Share of prompts whose greedy next token is the first token of ``" " + answer``."""
-    hits, _ = _recall(model, tok, list(prompts), list(answers))
-    return hits.float().mean().item()
-
-
-# ---------------------------------------------------------------------------------------------
-# Training
-
-
-def _model_config(spec: TrainSpec, tok: PreTrainedTokenizerBase):
-    common = dict(
-        vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    if spec.arch == "gpt2":
-        return AutoConfig.for_model(
-            "gpt2", n_embd=spec.width, n_layer=spec.n_layer, n_head=spec.heads,
-            n_inner=spec.mlp_width, n_positions=max(64, 2 * spec.seq_len),
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common,
-        )
-    if spec.arch in ("llama", "mistral", "qwen2"):
-        return AutoConfig.for_model(
-            spec.arch, hidden_size=spec.width, intermediate_size=spec.mlp_width,
-            num_hidden_layers=spec.n_layer, num_attention_heads=spec.heads,
-            num_key_value_heads=spec.heads, head_dim=spec.width // spec.heads,
-            max_position_embeddings=max(64, 2 * spec.seq_len), tie_word_embeddings=False,
-            **common,
-        )
-    raise ValueError(f"no toy-world recipe for arch {spec.arch!r}; known: {', '.join(ARCH_SPECS)}")
-
-
-class _Batches:
-    """Rows of random fact sentences run together; weight 1 on object targets, less elsewhere."""
-
-    def __init__(self, world: ToyWorld, tok: PreTrainedTokenizerBase, spec: TrainSpec) -> None:
-        self.sentences = [tok(s, add_special_tokens=False)["input_ids"] for s in world.sentences()]
-        # The tokenizer's own special prefix (<bos> for Llama-like), so rows start as prompts do.
-        self.prefix = tok("", add_special_tokens=True)["input_ids"]
-        self.spec = spec
-        self.rng = random.Random(spec.seed)
-
-    def __call__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = self.spec.seq_len + 1
-        rows, flags = [], []
-        for _ in range(self.spec.batch_size):
-            ids, is_obj = list(self.prefix), [False] * len(self.prefix)
-            while len(ids) < n:
-                sent = self.rng.choice(self.sentences)
-                ids += sent
-                is_obj += [i == len(sent) - 2 for i in range(len(sent))]  # "... object ."
-            rows.append(ids[:n])
-            flags.append(is_obj[:n])
-        tokens = torch.tensor(rows)  # (B, S + 1)
-        obj = torch.tensor(flags)[:, 1:]  # (B, S): is the target at this position an object?
-        weight = torch.where(obj, 1.0, self.spec.other_token_weight)  # (B, S)
-        return tokens[:, :-1], tokens[:, 1:], weight
-
-
-def _lr_factor(step: int, spec: TrainSpec) -> float:
-    import math
-
-    if step < spec.warmup:
-        return (step + 1) / spec.warmup
-    progress = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def train_toy_model(
-    world: ToyWorld, spec: TrainSpec
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
-    """Train a fresh model on ``world``; returns it (eval mode), its tokenizer and a report."""
-    tok = build_word_tokenizer(world.words(), add_bos=spec.arch != "gpt2")
-    config = _model_config(spec, tok)
-    torch.manual_seed(spec.seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.train()
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0}],
-        lr=spec.lr, betas=(0.9, 0.98),
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, spec))
-    batches = _Batches(world, tok, spec)
-    prompts, answers = world.prompts()
-    start, step, acc, p_mean = time.perf_counter(), 0, 0.0, 0.0
-    for step in range(1, spec.steps + 1):
-        x, y, w = batches()
-        logits = model(input_ids=x).logits  # (B, S, V)
-        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-        loss = (nll * w.flatten()).sum() / w.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % spec.eval_every == 0 or step == spec.steps:
-            hits, probs = _recall(model, tok, prompts, answers)
-            acc, p_mean = hits.float().mean().item(), probs.mean().item()
-            log.debug("step %d loss %.3f recall %.3f p %.3f", step, loss.item(), acc, p_mean)
-            # Stop once every phrasing of every fact is recalled confidently: more steps only
-            # sharpen probabilities that edits then have to overcome.
-            if acc == 1.0 and p_mean > 0.95:
-                break
-    seconds = time.perf_counter() - start
-    model.eval()
-    report = dict(steps=step, seconds=round(seconds, 1), accuracy=acc, mean_probability=p_mean)
-    log.info(
-        "trained toy-world %s in %.1f s (%d steps): recall %.1f%% of %d prompts, mean p %.3f",
-        spec.arch, seconds, step, 100 * acc, len(prompts), p_mean,
-    )
-    return model, tok, report
-
-
-# ---------------------------------------------------------------------------------------------
 # Cache
 
 
@@ -386,13 +235,6 @@ def _spec_hash(world: WorldSpec, train: TrainSpec) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def toy_world_model(
     arch: str = "gpt2",
     *,
@@ -406,12 +248,15 @@ def toy_world_model(
     ``$MASSEDIT_CACHE`` or the user cache directory of "massedit", and the hash covers the world
     and training specifications. A miss trains (about a minute for gpt2 on two CPU cores) and
     writes the model to a temporary folder renamed into place, so an interrupted run leaves no
-    half-written cache and concurrent runs agree.
+    half-written cache and concurrent runs agree. ``seed`` drives both the world and the training
+    (it replaces ``spec.seed``); ``spec`` overrides the recipe of :data:`ARCH_SPECS`.
     """
     if spec is None:
         if arch not in ARCH_SPECS:
             raise ValueError(f"no toy-world recipe for {arch!r}; known: {', '.join(ARCH_SPECS)}")
         spec = ARCH_SPECS[arch]
+    elif spec.arch != arch:
+        raise ValueError(f"spec.arch={spec.arch!r} but arch={arch!r}; pass the same architecture")
     spec = TrainSpec(**{**asdict(spec), "seed": seed})
     world = ToyWorld.generate(WorldSpec(seed=seed))
     path = _cache_root(cache_dir) / "toyworld" / f"{arch}-{_spec_hash(world.spec, spec)}"
@@ -422,7 +267,7 @@ def toy_world_model(
         return model, tok, world
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(_cpu_count())
+    torch.set_num_threads(training_threads())
     try:
         with torch.random.fork_rng(devices=[]):
             model, tok, report = train_toy_model(world, spec)
