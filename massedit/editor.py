@@ -259,7 +259,7 @@ class Editor:
         d = delta.matrix()
         if not torch.isfinite(d).all():
             raise EditError(f"update at {site} has non-finite values; the edit was stopped")
-        ratio = float(d.norm() / weight.float().norm().clamp_min(1e-12))
+        ratio = float(d.norm() / weight.detach().float().norm().clamp_min(1e-12))
         if ratio > self.hparams.max_update_ratio:
             raise EditError(
                 f"update at {site} is {ratio:.1f}× the weight's own norm (limit "
