@@ -15,10 +15,9 @@ import logging
 import time
 from pathlib import Path
 
+from massedit import Editor, StatsSpec, load_model
 from massedit.evals.metrics import counterfact_scores, summarize_counterfact
 from massedit.evals.readers import load_eval_dataset
-
-from massedit import Editor, StatsSpec, load_model
 
 logger = logging.getLogger("sweep")
 

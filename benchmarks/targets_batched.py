@@ -14,9 +14,9 @@ import logging
 import time
 
 import torch
-from massedit.evals.readers import load_eval_dataset
 
 from massedit import Editor, StatsSpec, load_model
+from massedit.evals.readers import load_eval_dataset
 from massedit.targets import compute_targets
 
 logger = logging.getLogger("bench")

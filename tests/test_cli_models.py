@@ -12,9 +12,9 @@ from tests.test_cli import invoke, write_csv
 
 
 def test_toy_world_edit_and_saved_model(tmp_path: Path, stats_dir: Path, monkeypatch) -> None:
-    from massedit.evals.scoring import greedy_continuation
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from massedit.evals.scoring import greedy_continuation
     from massedit.testing import toy_world_model
 
     model, tok, world = toy_world_model("gpt2")

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
 from massedit.evals import (
     EvalCase,
     counterfact_scores,
@@ -21,23 +23,14 @@ from massedit.evals import (
     token_accuracy_scores,
     zsre_scores,
 )
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import Whitespace
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
 from massedit.requests import EditRequest
+from massedit.testing import build_word_tokenizer
 
 WORDS = "the eiffel tower is in paris rome located city of a b c d where louvre".split()
 
 
 def word_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<bos>", "<eos>", *WORDS])}
-    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>"
-    )
+    return build_word_tokenizer(WORDS)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +42,7 @@ def tok() -> PreTrainedTokenizerFast:
 def model() -> torch.nn.Module:
     torch.manual_seed(0)
     config = GPT2Config(
-        n_layer=2, n_embd=32, n_head=4, vocab_size=len(WORDS) + 4, n_positions=64,
+        n_layer=2, n_embd=32, n_head=4, vocab_size=len(word_tokenizer()), n_positions=64,
         bos_token_id=2, eos_token_id=3, pad_token_id=0,
     )  # fmt: skip
     return GPT2LMHeadModel(config).eval()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from massedit.evals import (
     DatasetError,
     load_eval_dataset,

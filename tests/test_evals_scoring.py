@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
 from massedit.evals import (
     encode_prompt_target,
     greedy_continuation,
@@ -14,17 +22,7 @@ from massedit.evals import (
     target_token_hits,
 )
 from massedit.evals.scoring import target_token_ids
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import Whitespace
-from tokenizers.processors import TemplateProcessing
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
+from massedit.testing import build_word_tokenizer
 
 WORDS = (
     "the eiffel tower is in paris rome city of new york danny green plays for toronto raptors "
@@ -43,27 +41,12 @@ TARGETS = ["paris", "toronto raptors", "language does speak", "rome", "c d e f"]
 
 
 def word_tokenizer(bos: bool = False, padding_side: str = "right") -> PreTrainedTokenizerFast:
-    tokens = ["<pad>", "<unk>", "<bos>", "<eos>", *dict.fromkeys(WORDS)]
-    vocab = {w: i for i, w in enumerate(tokens)}
-    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = Whitespace()
-    if bos:
-        backend.post_processor = TemplateProcessing(
-            single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", BOS_ID)]
-        )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        padding_side=padding_side,
-    )
+    return build_word_tokenizer(WORDS, add_bos=bos, padding_side=padding_side)
 
 
 def tiny_model(kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    vocab = len(WORDS) + 8
+    vocab = len(word_tokenizer())
     special = {"pad_token_id": 0, "bos_token_id": BOS_ID, "eos_token_id": EOS_ID}
     if kind == "gpt2":
         config = GPT2Config(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from massedit.evals.metrics import counterfact_scores, summarize_counterfact
-from massedit.evals.readers import load_eval_dataset
 
 from massedit import Editor, StatsSpec, load_model
+from massedit.evals.metrics import counterfact_scores, summarize_counterfact
+from massedit.evals.readers import load_eval_dataset
 from tests.conftest import shared_data
 
 WIKITEXT = shared_data() / "wikitext-2" / "valid.txt"
