@@ -242,7 +242,7 @@ class Editor:
             self._prior_keys[layer] = problem.keys if prior is None else torch.cat(
                 [prior, problem.keys], dim=1)
             logger.info("layer %d: |ΔW| = %.4g (|W| = %.4g), residual %.4g", layer,
-                        float(delta.matrix().norm()), float(weight.float().norm()),
+                        float(delta.matrix().norm()), float(weight.detach().float().norm()),
                         float(residual.norm()))
 
     def _targets(self, reqs, prefixes, last_block):
