@@ -10,6 +10,8 @@ from massedit.registry import register_objective
 
 @register_objective
 class EqualityObjective:
+    """EMMET/ROME: ΔW = R (Kᵀ C⁻¹ K + μI)⁻¹ Kᵀ C⁻¹ — write the new keys exactly (μ = 0)."""
+
     name = "equality"
 
     def solve(self, problem: LayerProblem) -> Delta:

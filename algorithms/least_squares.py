@@ -7,6 +7,8 @@ from massedit.registry import register_objective
 
 @register_objective
 class LeastSquaresObjective:
+    """MEMIT: ΔW = R Kᵀ (λC + K Kᵀ)⁻¹ — keep corpus keys, write the new ones in least squares."""
+
     name = "least_squares"
 
     def solve(self, problem: LayerProblem) -> Delta:

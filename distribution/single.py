@@ -9,6 +9,8 @@ from massedit.registry import register_distribution
 
 @register_distribution
 class SingleLayer:
+    """The whole residual into the last preset layer (ROME)."""
+
     name = "single"
 
     def layers(self, preset_layers: Sequence[int]) -> Sequence[int]:

@@ -13,6 +13,8 @@ from massedit.registry import register_distribution
 
 @register_distribution
 class Spread:
+    """Layer j of m takes R / (m − j) of the re-measured residual (MEMIT)."""
+
     name = "spread"
 
     def layers(self, preset_layers: Sequence[int]) -> Sequence[int]:
