@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 PLACEHOLDER = "{}"
@@ -127,11 +127,3 @@ def requests_digest(requests: Sequence[EditRequest]) -> str:
     """Stable digest of a batch, recorded in patches so a result names what it wrote."""
     payload = json.dumps([r.to_dict() for r in requests], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-@dataclass
-class RequestBatch:
-    """Requests plus the context prefixes their keys and targets are averaged over."""
-
-    requests: list[EditRequest]
-    prefixes: list[str] = field(default_factory=lambda: [""])
