@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from massedit.testing.tokenizer import build_word_tokenizer
+from massedit.tokens import encode_target, pad_id_of, pad_right
 
 if TYPE_CHECKING:
     from massedit.testing.toyworld import ToyWorld
@@ -69,23 +70,16 @@ def recall(
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
     device = next(model.parameters()).device
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    answer_ids = torch.tensor(
-        [tok(" " + a, add_special_tokens=False)["input_ids"][0] for a in answers], device=device
-    )  # (n,)
+    answer_ids = torch.tensor([encode_target(tok, a)[0] for a in answers], device=device)  # (n,)
     was_training = model.training
     model.eval()
     hits, probs = [], []
     for start in range(0, len(prompts), batch_size):
         ids = [tok(p)["input_ids"] for p in prompts[start : start + batch_size]]
-        # Right padding by hand: absolute positions stay those of an unpadded prompt.
-        x = torch.full((len(ids), max(map(len, ids))), pad, dtype=torch.long)  # (b, L)
-        mask = torch.zeros_like(x)
-        for i, row in enumerate(ids):
-            x[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        x, mask = x.to(device), mask.to(device)
-        logits = model(input_ids=x, attention_mask=mask).logits  # (b, L, V)
+        # Right padding: absolute positions stay those of an unpadded prompt.
+        batch = pad_right(ids, pad_id_of(tok), device)
+        mask = batch["attention_mask"]  # (b, L)
+        logits = model(**batch).logits  # (b, L, V)
         last = logits[torch.arange(len(ids), device=device), mask.sum(1) - 1].float()  # (b, V)
         target = answer_ids[start : start + len(ids)]
         hits.append(last.argmax(-1) == target)
