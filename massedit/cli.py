@@ -95,11 +95,20 @@ def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
 
 @app.command()
 def edit(
-    edits: Annotated[str, typer.Option(
-        "--edits", metavar="FILE",
-        help="CSV, TSV, JSON or JSONL file, or a datasets id / folder.")],
     out: Annotated[Path, typer.Option(
         "--out", metavar="RUN_DIR", help="Run directory to create (or resume).")],
+    edits: Annotated[str | None, typer.Option(
+        "--edits", metavar="FILE",
+        help="CSV, TSV, JSON or JSONL file, or a datasets id / folder.")] = None,
+    pairs: Annotated[str | None, typer.Option(
+        "--pairs", metavar="FILE", help="Encoder-decoder pair edits: negative_source, "
+        "positive_source, span[, expected_output] (instead of --edits).")] = None,
+    check: Annotated[str | None, typer.Option(
+        "--check", metavar="FILE", help="With --pairs: check inputs (source, expected and/or "
+        "forbidden) for efficacy and the location sweep.")] = None,
+    bleu: Annotated[str | None, typer.Option(
+        "--bleu", metavar="FILE", help="With --pairs: held-out source,reference pairs for "
+        "BLEU before/after.")] = None,
     model: ModelOpt = DEFAULT_MODEL,
     method: Annotated[str, typer.Option(help="rome, memit, emmet or a plug-in.")] = "memit",
     objective: Annotated[str | None, typer.Option(help="Override the method's objective.")] = None,
@@ -129,6 +138,18 @@ def edit(
     from massedit.edit_files import parse_mapping
     from massedit.edit_job import EditOptions, run_edit
 
+    if (edits is None) == (pairs is None):
+        raise typer.BadParameter("give exactly one of --edits and --pairs",
+                                 param_hint="--edits/--pairs")
+    if pairs is not None:
+        from massedit.seq2seq.pair_job import PairJobOptions, run_pair_edit
+
+        with _reported():
+            code = run_pair_edit(PairJobOptions(
+                pairs=pairs, out=out, model=model, check=check, bleu=bleu,
+                objective=objective or "equality", stats_corpus=stats_corpus,
+                overrides=_pairs(set_, "--set"), dtype=dtype, device_map=device_map), _console())
+        raise typer.Exit(code)
     with _reported():
         opts = EditOptions(
             edits=edits, out=out, model=model, method=method, objective=objective,
@@ -214,6 +235,14 @@ def demo(
                         overrides=_pairs(set_, "--set"))
     raise typer.Exit(code)
 
+
+# Commands kept in their own modules register themselves on ``app`` when imported.
+from massedit import (  # noqa: E402,F401
+    cli_seq2seq,
+    cli_stats,
+    cli_study,
+    cli_trace,
+)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

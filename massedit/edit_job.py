@@ -94,15 +94,14 @@ def _editor_kwargs(opts: EditOptions) -> dict[str, Any]:
 
 def check_options(opts: EditOptions) -> None:
     """Unknown methods and malformed ``--set`` values fail before any model is loaded."""
-    from massedit.config import EditHparams
-    from massedit.registry import get_distribution, get_method, get_objective
+    from massedit.registry import get_distribution, get_objective, hparams_class
 
-    get_method(opts.method)
+    settings = hparams_class(opts.method)  # also fails for an unknown method
     if opts.objective:
         get_objective(opts.objective)
     if opts.distribution:
         get_distribution(opts.distribution)
-    EditHparams().replace(**opts.overrides)
+    settings().replace(**opts.overrides)  # a plug-in's own hyper-parameters are known here
 
 
 def run_edit(opts: EditOptions, console) -> EditOutcome:

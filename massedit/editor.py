@@ -12,14 +12,14 @@ from typing import Any
 
 import torch
 
-from massedit.config import EditHparams, load_preset
+from massedit.config import EditHparams
 from massedit.context import corpus_prefixes, model_prefixes
 from massedit.corpus import iter_texts
 from massedit.keys import Read, subject_states
 from massedit.models import get_adapter, get_module, read_weight, write_weight
 from massedit.patch import EditPatch, SiteDelta, patched_weight, weight_digest
 from massedit.problem import LayerProblem
-from massedit.registry import get_distribution, get_method, get_objective
+from massedit.registry import get_distribution, get_method, get_objective, method_preset
 from massedit.requests import EditRequest, as_requests, requests_digest
 from massedit.stats import StatsSpec, get_moments
 from massedit.targets import compute_targets
@@ -83,7 +83,7 @@ class Editor:
         self.objective = get_objective(self.objective_name)
         self.distribution = get_distribution(self.distribution_name)
         if hparams is None:
-            preset = load_preset(method, model, spread=self.distribution_name != "single")
+            preset = method_preset(method, model, spread=self.distribution_name != "single")
             hparams, self.preset_source = preset.hparams, preset.source
         else:
             self.preset_source = "explicit"
@@ -150,6 +150,19 @@ class Editor:
                 self._prefixes = corpus_prefixes(texts, hp.context_lengths, hp.seed)
         return self._prefixes
 
+    # ---- state carried between sequential batches ------------------------------------------
+    def sequential_state(self) -> dict[str, torch.Tensor]:
+        """The keys written by earlier batches, per layer (objectives see them as
+        ``prior_keys``), as CPU tensors: run checkpoints save them so a resumed run continues
+        exactly as an uninterrupted one."""
+        return {f"prior_keys.{layer}": keys.detach().contiguous().cpu()
+                for layer, keys in self._prior_keys.items()}  # (d_in, m) each
+
+    def restore_sequential_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Continue after the batches that :meth:`sequential_state` described."""
+        self._prior_keys = {int(name.split(".", 1)[1]): keys for name, keys in state.items()
+                            if name.startswith("prior_keys.")}
+
     # ---- the edit ----------------------------------------------------------------------------
     def edit(
         self,
@@ -166,6 +179,7 @@ class Editor:
         batch_size = batch_size or len(reqs)
         patch = EditPatch(metadata=self._metadata(reqs))
         t0 = time.perf_counter()
+        prior_keys = dict(self._prior_keys)
         try:
             for b, lo in enumerate(range(0, len(reqs), batch_size)):
                 self._edit_batch(reqs[lo : lo + batch_size], patch)
@@ -173,6 +187,7 @@ class Editor:
                     on_batch_done(b, patch)
         except BaseException:
             patch.revert(self.model)  # the model is left exactly as it was
+            self._prior_keys = prior_keys  # and so are the keys later batches will protect
             raise
         patch.metadata["seconds"] = round(time.perf_counter() - t0, 3)
         patch.metadata["stats"] = self._stats_record
@@ -240,7 +255,7 @@ class Editor:
             patch.deltas.append(SiteDelta(site, layer, adapter.layout, delta))
             prior = self._prior_keys.get(layer)
             self._prior_keys[layer] = problem.keys if prior is None else torch.cat(
-                [prior, problem.keys], dim=1)
+                [prior.to(problem.keys.device), problem.keys], dim=1)
             logger.info("layer %d: |ΔW| = %.4g (|W| = %.4g), residual %.4g", layer,
                         float(delta.matrix().norm()), float(weight.detach().float().norm()),
                         float(residual.norm()))

@@ -27,15 +27,17 @@ class Read:
     average: bool = True
 
 
-def encode_rows(tok, requests: Sequence[EditRequest], prefixes: Sequence[str]) -> list[Encoded]:
-    """One row per (request, prefix), request-major: row = i · len(prefixes) + t."""
+def encode_rows(
+    tok, requests: Sequence[EditRequest], prefixes: Sequence[str], keep_eos: bool = False
+) -> list[Encoded]:
+    """One row per (request, prefix), request-major: row = i · len(prefixes) + t.
+    ``keep_eos``: encoder-decoder sources keep their trailing ``</s>``."""
     rows = []
     for i, req in enumerate(requests):
         for prefix in prefixes:
             where = f"request {req.case_id if req.case_id is not None else i}"
-            rows.append(
-                encode_with_subject(tok, prefix + req.text, req.subject_span(prefix), where)
-            )
+            rows.append(encode_with_subject(
+                tok, prefix + req.text, req.subject_span(prefix), where, keep_eos=keep_eos))
     return rows
 
 
@@ -50,7 +52,7 @@ def subject_states(
     batch_rows: int = 64,
 ) -> list[torch.Tensor]:
     """For each read, a (n_requests, dim) fp32 tensor. The pass ends after module ``stop_at``."""
-    rows = encode_rows(tok, requests, prefixes)
+    rows = encode_rows(tok, requests, prefixes, keep_eos=model.config.is_encoder_decoder)
     n_t = len(prefixes)
     device = next(model.parameters()).device
     pad = pad_id_of(tok)

@@ -170,3 +170,7 @@ def write_weight(module: nn.Module, layout: Layout, new_weight: torch.Tensor) ->
     if value.shape != target.shape:
         raise ValueError(f"weight shape {tuple(value.shape)} != parameter {tuple(target.shape)}")
     target.copy_(value.to(dtype=target.dtype, device=target.device))
+
+
+# Encoder-decoder adapters (t5, mt5, bart, marian) live in their own module and register here.
+from massedit.seq2seq import adapters as _seq2seq_adapters  # noqa: E402,F401

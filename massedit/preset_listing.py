@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from massedit.config import MODEL_SIGNATURES, available_presets
-from massedit.registry import DISTRIBUTIONS, METHODS, OBJECTIVES, load_plugins
+from massedit.registry import DISTRIBUTIONS, METHODS, OBJECTIVES, load_plugins, preset_models
 
 
 def _summary(obj) -> str:
@@ -23,7 +23,8 @@ def print_presets(console) -> None:
     for name, spec in sorted(METHODS.items()):
         kind = (spec.objective or "-", spec.distribution or "-") if spec.editor is None else (
             "(own editor)", "-")
-        methods.add_row(name, *kind, ", ".join(presets.get(name, [])) or "defaults",
+        models_with_presets = [m for m in preset_models(name) if m != "default"]
+        methods.add_row(name, *kind, ", ".join(models_with_presets) or "defaults",
                         spec.description)
     console.print(methods)
 

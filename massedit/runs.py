@@ -22,6 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file, save_file
+
 from massedit.patch import EditPatch
 
 logger = logging.getLogger(__name__)
@@ -142,12 +145,21 @@ class RunDir:
             shutil.rmtree(self.path, ignore_errors=True)
 
     # ---- checkpoints of sequential batches -------------------------------------------------
-    def save_checkpoint(self, patch: EditPatch, batches_done: int, requests_done: int) -> Path:
+    def save_checkpoint(self, patch: EditPatch, batches_done: int, requests_done: int,
+                        state: dict[str, torch.Tensor] | None = None) -> Path:
         """Save the cumulative patch after ``batches_done`` batches, then drop older ones.
 
         Each checkpoint is a new folder renamed into place, so at every moment the newest
-        complete folder is a consistent state, whenever the process is killed."""
+        complete folder is a consistent state, whenever the process is killed. ``state``
+        (the editor's :meth:`~massedit.editor.Editor.sequential_state`, e.g. keys of earlier
+        batches) is written first, beside it, and kept as long as its checkpoint."""
         root = self.path / CHECKPOINTS
+        if state:
+            root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=root, prefix=".state.", suffix=".tmp")
+            os.close(fd)
+            save_file(state, tmp)
+            os.replace(tmp, root / f"state-{batches_done:06d}.safetensors")
         snapshot = EditPatch(list(patch.deltas), patch.originals, patch.base_digests,
                              {**patch.metadata, "checkpoint": {"batches_done": batches_done,
                                                                "requests_done": requests_done}})
@@ -155,7 +167,16 @@ class RunDir:
         for old in root.glob("batch-*"):
             if old != target:
                 shutil.rmtree(old, ignore_errors=True)
+        for old in root.glob("state-*.safetensors"):
+            if old.name != f"state-{batches_done:06d}.safetensors":
+                old.unlink(missing_ok=True)
         return target
+
+    def load_checkpoint_state(self, batches_done: int) -> dict[str, torch.Tensor]:
+        """The editor state saved with the checkpoint after ``batches_done`` batches ({} if
+        that checkpoint has none)."""
+        path = self.path / CHECKPOINTS / f"state-{batches_done:06d}.safetensors"
+        return load_file(str(path)) if path.exists() else {}
 
     def load_checkpoint(self) -> tuple[EditPatch | None, int, int]:
         """The newest checkpoint: (patch, batches done, requests done); (None, 0, 0) if none."""

@@ -69,6 +69,7 @@ def edit_resumably(editor: Editor, requests: Sequence[EditRequest], batch_size: 
                 requests[:requests_done]):
             raise RuntimeError(f"the checkpoint in {run.path} does not match these requests")
         done_patch.apply(editor.model)
+        editor.restore_sequential_state(run.load_checkpoint_state(batches_done))
         logger.info("continuing after %d finished batch(es) (%d of %d requests)", batches_done,
                     requests_done, len(requests))
     remaining = requests[requests_done:]
@@ -85,7 +86,8 @@ def edit_resumably(editor: Editor, requests: Sequence[EditRequest], batch_size: 
     def on_batch_done(index: int, so_far: EditPatch) -> None:
         n_done = requests_done + min((index + 1) * batch_size, len(remaining))
         cumulative = combine(done_patch, so_far, requests[:n_done])
-        run.save_checkpoint(cumulative, batches_done + index + 1, n_done)
+        run.save_checkpoint(cumulative, batches_done + index + 1, n_done,
+                            state=editor.sequential_state())
         bar.update(1)
 
     try:

@@ -52,6 +52,9 @@ class _Rows:
     tgt_id: torch.Tensor  # (n_tgt,)
     tgt_len: torch.Tensor  # (rewrite rows,) target length per rewrite row
     n_rewrite: int
+    # Where the KL logits are read in each KL row; None: at the subject token (decoder-only).
+    # Encoder-decoder rows read them at the decoder's first position instead.
+    kl_pos: torch.Tensor | None = None
 
 
 def _build_rows(tok, requests, prefixes, device) -> _Rows:
@@ -95,6 +98,27 @@ def _head(model, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def _selected_logits(model, batch: dict, picks) -> list[torch.Tensor]:
+    """fp32 logits ``(k, vocab)`` at each ``(rows, positions)`` pick of the sequence the LM head
+    reads. Encoder-decoder models run their own head (T5's tied-head scaling, BART/Marian's
+    final_logits_bias); their decoder sequences are short, so full logits cost little."""
+    if model.config.is_encoder_decoder:
+        logits = model(**batch, use_cache=False).logits  # (rows, dec_len, vocab)
+        return [logits[rows, pos].float() for rows, pos in picks]
+    hidden = model.base_model(**batch, use_cache=False).last_hidden_state  # (rows, seq, d)
+    return [_head(model, hidden[rows, pos]) for rows, pos in picks]
+
+
+def _rows_builder(model):
+    """How a group's token rows are built: prompt + target, or source -> decoder (seq2seq)."""
+    if model.config.is_encoder_decoder:
+        from massedit.seq2seq.subject_rows import build_seq2seq_rows
+
+        return lambda tok, requests, prefixes, device: build_seq2seq_rows(
+            model, tok, requests, prefixes, device)
+    return _build_rows
+
+
 def _groups(n_requests: int, rows_per_request: int, batch_rows: int) -> list[list[int]]:
     per = max(1, batch_rows // rows_per_request)
     return [list(range(lo, min(n_requests, lo + per))) for lo in range(0, n_requests, per)]
@@ -122,14 +146,14 @@ def compute_targets(
     delta = torch.zeros(n, d_model, device=device, requires_grad=True)  # (n, d_model)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     groups = _groups(n, len(prefixes) + 1, hp.batch_rows)
-    rows = [_build_rows(tok, [requests[i] for i in g], prefixes, device) for g in groups]
+    build = _rows_builder(model)
+    rows = [build(tok, [requests[i] for i in g], prefixes, device) for g in groups]
     h = torch.zeros(n, d_model, device=device)  # block output at plain prompt, δ = 0
     kl_ref: list[torch.Tensor | None] = [None] * len(groups)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     steps = torch.zeros(n, dtype=torch.long)
     last_nll = torch.full((n,), float("nan"))
     frozen = torch.zeros_like(delta)
-    base = model.base_model
     recorded: list[dict] = [{} for _ in groups]  # per group: block outputs 0..L at δ = 0
     bar = tqdm(range(hp.v_num_grad_steps), desc="targets", disable=not progress, leave=False)
     for it in bar:
@@ -149,30 +173,32 @@ def compute_targets(
                 upd[ar, r.subj_pos] = d_local[r.row_req].to(out.dtype)
                 return out + upd
 
+            kl_rows = torch.arange(r.n_rewrite, r.n_rewrite + len(idx), device=device)
+            kl_pos = r.kl_pos if r.kl_pos is not None else r.subj_pos[kl_rows]
+            picks = [(r.tgt_row, r.tgt_pos), (kl_rows, kl_pos)]
             if replay and recorded[g]:
                 cached = recorded[g][int(layer)]
                 cached = cached[0] if isinstance(cached, tuple) else cached  # (rows, seq, d)
                 with replay_blocks(model, layers_path, recorded[g], add_delta(cached)):
-                    hidden = base(**r.batch, use_cache=False).last_hidden_state
+                    tgt_logits, kl_logits = _selected_logits(model, r.batch, picks)
             elif replay:
                 with record_block_outputs(model, layers_path, int(layer)) as rec, \
                         edit_output(model, block_name, add_delta):
-                    hidden = base(**r.batch, use_cache=False).last_hidden_state  # (rows, seq, d)
+                    tgt_logits, kl_logits = _selected_logits(model, r.batch, picks)
                 recorded[g] = dict(rec)
             else:
                 with edit_output(model, block_name, add_delta):
-                    hidden = base(**r.batch, use_cache=False).last_hidden_state
+                    tgt_logits, kl_logits = _selected_logits(model, r.batch, picks)
             if it == 0:
                 plain = torch.arange(0, r.n_rewrite, len(prefixes), device=device)
                 h[idx_t] = captured["h"][plain]
             # NLL of target tokens, per rewrite row then averaged over prefixes.
-            logp = _head(model, hidden[r.tgt_row, r.tgt_pos]).log_softmax(-1)  # (n_tgt, vocab)
+            logp = tgt_logits.log_softmax(-1)  # (n_tgt, vocab)
             tok_lp = logp.gather(1, r.tgt_id[:, None])[:, 0]  # (n_tgt,)
             row_nll = torch.zeros(r.n_rewrite, device=device).index_add(0, r.tgt_row, -tok_lp)
             nll = (row_nll / r.tgt_len).view(len(idx), len(prefixes)).mean(1)  # (g,)
             # KL at the subject token of the KL prompt, against the unedited distribution.
-            kl_rows = torch.arange(r.n_rewrite, r.n_rewrite + len(idx), device=device)
-            kl_lp = _head(model, hidden[kl_rows, r.subj_pos[kl_rows]]).log_softmax(-1)
+            kl_lp = kl_logits.log_softmax(-1)  # (g, vocab)
             if kl_ref[g] is None:
                 kl_ref[g] = kl_lp.detach()
             kl = (kl_lp.exp() * (kl_lp - kl_ref[g])).sum(-1)  # (g,) KL(P_δ ‖ P_0)

@@ -8,6 +8,15 @@ Importing this package registers the ``gpt2_linear`` adapter used by :func:`tiny
 (96, 32)
 """
 
+from massedit.testing.conformance import (
+    CheckResult,
+    ConformanceError,
+    ConformanceReport,
+    check_distribution,
+    check_method,
+    check_objective,
+)
+from massedit.testing.conformance_edits import ToyThresholds, toy_world_edit
 from massedit.testing.tiny import (
     GPT2_LINEAR,
     TINY_MODEL_TYPES,
@@ -30,18 +39,26 @@ from massedit.testing.toyworld import (
 
 __all__ = [
     "ARCH_SPECS",
+    "CheckResult",
+    "ConformanceError",
+    "ConformanceReport",
     "GPT2_LINEAR",
     "TINY_MODEL_TYPES",
     "TINY_WORDS",
     "TOY_EDIT_LAYERS",
     "ToyWorld",
+    "ToyThresholds",
     "TrainSpec",
     "WorldSpec",
     "build_word_tokenizer",
+    "check_distribution",
+    "check_method",
+    "check_objective",
     "conv1d_to_linear",
     "tiny_gpt2_pair",
     "tiny_model",
     "toy_accuracy",
+    "toy_world_edit",
     "toy_world_model",
     "train_toy_model",
 ]

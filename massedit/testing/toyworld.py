@@ -52,8 +52,9 @@ from massedit.testing.toytrain import (
 )
 
 __all__ = [
-    "ARCH_SPECS", "TOY_EDIT_LAYERS", "Relation", "ToyWorld", "TrainSpec", "WorldSpec", "recall",
-    "toy_accuracy", "toy_world_model", "train_toy_model",
+    "ARCH_SPECS", "TOY_EDIT_LAYERS", "WIDE_GPT2_EDIT_LAYERS", "WIDE_GPT2_SPEC", "Relation",
+    "ToyWorld", "TrainSpec", "WorldSpec", "recall", "toy_accuracy", "toy_world_model",
+    "train_toy_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,15 @@ TOYWORLD_VERSION = 1  # bump when generation or training changes, to invalidate 
 
 # Layers where a rank-one edit at the subject's last token works on the default models (above).
 TOY_EDIT_LAYERS: dict[str, tuple[int, ...]] = {"gpt2": (1, 2, 3), "llama": (0, 1)}
+
+# The model batch edits are judged on. In the default gpt2 model (MLP width 256) the subjects'
+# last-token keys stay alike after whitening by C (mean cosine 0.19 between subjects at layer 2),
+# so any update that writes 10 facts leaks into the others: MEMIT and EMMET flip all 10 but
+# change 50-70% of 600 other facts' answers, whatever the layers, λ or step size. With 1024 MLP
+# units the cosine falls to 0.09, the facts are written at layer 0, and a batch of 10 keeps ≥ 90%
+# of the other facts (measured in tests/test_toyworld_edits.py).
+WIDE_GPT2_SPEC = TrainSpec(mlp_width=1024)
+WIDE_GPT2_EDIT_LAYERS: tuple[int, ...] = (0,)
 
 FIRST_NAMES = (
     "Anna Boris Clara David Elena Felix Greta Hugo Irene Jonas Karla Lukas Maria Nils Olga Peter "

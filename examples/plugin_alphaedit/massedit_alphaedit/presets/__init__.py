@@ -1,0 +1,1 @@
+"""Presets of the ``alphaedit`` method: ``<model>.yaml`` (numbers only) and ``default.yaml``."""

@@ -1,0 +1,254 @@
+"""Method conformance (see :mod:`massedit.testing.conformance`): real edits through the Editor.
+
+- tiny models (random, built from configs): two sequential batches, then the patch round trip —
+  only the patch's sites changed, save/load, re-apply to a fresh copy bit for bit, refuse an
+  already edited model, revert bit for bit;
+- the cached toy-world model: a few facts must flip (efficacy), carry to the other phrasings
+  (paraphrase) and leave other subjects' facts alone (locality), and revert must restore it.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from massedit.editor import Editor
+from massedit.patch import EditPatch
+from massedit.registry import DISTRIBUTIONS, OBJECTIVES, get_method, registered_by
+from massedit.requests import EditRequest
+from massedit.stats import StatsSpec
+from massedit.testing.conformance import (
+    ConformanceReport,
+    check_distribution,
+    check_objective,
+    default_devices,
+    run_check,
+)
+from massedit.testing.tiny import TINY_WORDS, tiny_model
+from massedit.testing.toyworld import (
+    TOY_EDIT_LAYERS,
+    WIDE_GPT2_EDIT_LAYERS,
+    WIDE_GPT2_SPEC,
+    TrainSpec,
+    recall,
+    toy_world_model,
+)
+
+TINY_REQUESTS = (
+    EditRequest("The {} is located in", "Eiffel Tower", "Rome", "Paris"),
+    EditRequest("{} plays", "Michael Jordan", "football", "basketball"),
+    EditRequest("The mother tongue of {} is", "Danielle Darrieux", "English", "French"),
+    EditRequest("{} works as a", "Barack Obama", "chef", "politician"),
+)
+# Random tiny models know nothing, so the updates are large: only the mechanics are checked.
+TINY_SETTINGS: dict[str, Any] = dict(
+    layers=(1, 2), v_num_grad_steps=4, context_lengths=((2, 4),), stats_tokens_per_width=30,
+    max_update_ratio=1e9)
+# The toy model's MLP weights are tiny (|W| ≈ 4), so the update-size limit is relaxed there.
+TOY_SETTINGS: dict[str, Any] = dict(v_num_grad_steps=60, max_update_ratio=1e4)
+# Which toy model the kit edits per architecture, and at which layers: for gpt2 the wide model,
+# whose subjects' keys are distinct enough for batch edits to stay specific (see toyworld.py).
+KIT_TOY_MODELS: dict[str, tuple[TrainSpec | None, tuple[int, ...]]] = {
+    "gpt2": (WIDE_GPT2_SPEC, WIDE_GPT2_EDIT_LAYERS),
+    "llama": (None, TOY_EDIT_LAYERS["llama"]),
+}
+N_UNRELATED = 100  # other subjects' facts whose recall must survive the edit
+
+
+@dataclass(frozen=True)
+class ToyThresholds:
+    """What a method must reach on the toy-world model (shares of prompts, 0-1)."""
+
+    efficacy: float = 0.75  # edited prompts now give target_new
+    paraphrase: float = 0.5  # the other phrasings of the edited facts too
+    locality: float = 0.8  # other subjects' facts recalled before are still recalled
+
+
+def check_method(
+    name: str,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    tiny_overrides: Mapping[str, Any] | None = None,
+    tiny_types: Sequence[str] = ("gpt2", "llama"),
+    toy_arch: str | None = "gpt2",
+    n_edits: int = 4,
+    batch_size: int | None = None,
+    thresholds: ToyThresholds = ToyThresholds(),
+    devices: Sequence[str] | None = None,
+    workdir: str | Path | None = None,
+    stats_cache_dir: str | Path | None = None,
+    raise_on_failure: bool = True,
+) -> ConformanceReport:
+    """Check a registered method: its objective and distribution, tiny-model edits and the
+    patch round trip, and toy-world efficacy/locality.
+
+    ``overrides`` are the method's hyper-parameters for the toy-world model (its layers default
+    to those of :data:`KIT_TOY_MODELS`); ``toy_arch=None`` skips the toy world.
+    Patches and corpora go to ``workdir`` (a temporary folder by default), key statistics to
+    massedit's fingerprinted cache (``stats_cache_dir``, default ``$MASSEDIT_CACHE`` or the user
+    cache), so later runs reuse them. About 5-10 s on a CPU once the toy model and statistics are
+    cached (training the toy model the first time takes a minute or two).
+    """
+    report = ConformanceReport(f"method {name!r}")
+    found: list[Any] = []
+
+    def registered() -> str:
+        found.append(get_method(name))
+        return f"from package {registered_by('method', name)!r}"
+
+    run_check(report, "registered (entry points loaded)", registered)
+    if not found:
+        return report.raise_for_failures() if raise_on_failure else report
+    spec = found[0]
+    if spec.editor is None:
+        report.include(check_objective(OBJECTIVES[spec.objective], hparams=spec.hparams(),
+                                       devices=devices, raise_on_failure=False),
+                       f"objective {spec.objective!r}")
+        report.include(check_distribution(DISTRIBUTIONS[spec.distribution], devices=devices,
+                                          raise_on_failure=False),
+                       f"distribution {spec.distribution!r}")
+    with tempfile.TemporaryDirectory(prefix="massedit-conformance-") as tmp:
+        root = Path(workdir) if workdir is not None else Path(tmp)
+        corpus = _tiny_corpus(root / "tiny.txt")
+        runs = [(t, "cpu") for t in tiny_types]
+        runs += [(tiny_types[-1], d) for d in (devices or default_devices()) if d != "cpu"]
+        for model_type, device in runs:
+            def tiny(model_type=model_type, device=device) -> str:
+                return _tiny_round_trip(name, model_type, device, corpus, root, stats_cache_dir,
+                                        {**TINY_SETTINGS, **(tiny_overrides or {})})
+
+            run_check(report, f"tiny {model_type} on {device}: two sequential batches, patch "
+                      "save/load/apply/revert", tiny)
+        if toy_arch is not None:
+            _toy_world_checks(report, name, toy_arch, n_edits, batch_size, dict(overrides or {}),
+                              thresholds, root, stats_cache_dir)
+    return report.raise_for_failures() if raise_on_failure else report
+
+
+def _tiny_corpus(path: Path) -> Path:
+    """Random sentences over the tiny vocabulary, so the keys span every direction."""
+    rng = random.Random(0)
+    words = list(TINY_WORDS)
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(8, 20))) + " ."
+             for _ in range(600)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join(lines))
+    return path
+
+
+def _str(path: str | Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(model, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the parameters that differ (bitwise) from ``state``."""
+    return [k for k, v in model.state_dict().items() if not torch.equal(v, state[k])]
+
+
+def _tiny_round_trip(method: str, model_type: str, device: str, corpus: Path, root: Path,
+                     stats_cache_dir: str | Path | None, settings: Mapping[str, Any]) -> str:
+    model, tok = tiny_model(model_type)
+    fresh, _ = tiny_model(model_type)
+    model.to(device)
+    original = _state(model)
+    stats = StatsSpec(corpus=str(corpus), cache_dir=_str(stats_cache_dir))
+    editor = Editor(model, tok, method=method, stats=stats, progress=False, **settings)
+    patch = editor.edit(list(TINY_REQUESTS), batch_size=2)
+    assert patch.metadata.get("method") == method, "the patch does not record its method"
+    changed = _same(model, original)
+    assert changed, "the edit changed no weight"
+    outside = [k for k in changed if k.rsplit(".", 1)[0] not in patch.sites]
+    assert not outside, f"weights outside the patch's sites changed: {outside}"
+    edited = _state(model)
+    loaded = EditPatch.load(patch.save(root / f"patch-{method}-{model_type}-{device}"))
+    fresh.to(device)
+    loaded.apply(fresh)
+    differ = _same(fresh, edited)
+    assert not differ, f"a saved patch re-applied to a fresh base model differs at {differ}"
+    try:
+        loaded.apply(model)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("applying the patch to an already edited model was not refused")
+    patch.revert(model)
+    differ = _same(model, original)
+    assert not differ, f"revert did not restore {differ} bit for bit"
+    layers = sorted({sd.layer for sd in patch.deltas})
+    return f"{len(patch.deltas)} updates at layers {layers}"
+
+
+def _toy_world_checks(report: ConformanceReport, method: str, arch: str, n_edits: int,
+                      batch_size: int | None, overrides: dict[str, Any],
+                      thresholds: ToyThresholds, root: Path,
+                      stats_cache_dir: str | Path | None) -> None:
+    measured: dict[str, float] = {}
+
+    def edit() -> str:
+        measured.update(toy_world_edit(method, arch, n_edits, batch_size, overrides, root,
+                                       stats_cache_dir=stats_cache_dir))
+        return ", ".join(f"{k} {v:.2f}" for k, v in measured.items())
+
+    run_check(report, f"toy world ({arch}, {n_edits} facts): edit, measure, revert bit for bit",
+              edit)
+    report.measures.update(measured)
+    for metric, floor in (("efficacy", thresholds.efficacy),
+                          ("paraphrase", thresholds.paraphrase),
+                          ("locality", thresholds.locality)):
+        def at_least(metric=metric, floor=floor) -> str:
+            assert metric in measured, "not measured (the edit failed)"
+            assert measured[metric] >= floor, f"{metric} {measured[metric]:.2f} < {floor:.2f}"
+            return f"{measured[metric]:.2f}"
+
+        run_check(report, f"toy world {metric} ≥ {floor:.2f}", at_least)
+
+
+def toy_world_edit(method: str, arch: str = "gpt2", n_edits: int = 4,
+                   batch_size: int | None = None, overrides: Mapping[str, Any] | None = None,
+                   workdir: str | Path | None = None, *, stats_cache_dir: str | Path | None = None,
+                   seed: int = 1) -> dict[str, float]:
+    """Edit ``n_edits`` toy-world facts with ``method``, measure, revert; returns efficacy,
+    paraphrase and locality (shares, 0-1). Raises if revert is not bit-exact."""
+    spec, layers = KIT_TOY_MODELS[arch]
+    model, tok, world = toy_world_model(arch, spec=spec)
+    with tempfile.TemporaryDirectory(prefix="massedit-toy-") as tmp:
+        root = Path(workdir) if workdir is not None else Path(tmp)
+        corpus = root / f"toyworld-{arch}.txt"
+        corpus.parent.mkdir(parents=True, exist_ok=True)
+        corpus.write_text(world.corpus_text())
+        requests = world.requests(n_edits, seed=seed)
+        edited = {r.subject for r in requests}
+        others = [f for f in world.facts if f["subject"] not in edited][:N_UNRELATED]
+        other_prompts = [f["templates"][0].format(f["subject"]) for f in others]
+        other_answers = [f["object"] for f in others]
+        with torch.no_grad():
+            known = recall(model, tok, other_prompts, other_answers)[0]  # (N_UNRELATED,) bool
+        original = _state(model)
+        settings = {"layers": layers, **TOY_SETTINGS, **(overrides or {})}
+        stats = StatsSpec(corpus=str(corpus), cache_dir=_str(stats_cache_dir))
+        editor = Editor(model, tok, method=method, stats=stats, progress=False, **settings)
+        patch = editor.edit(requests, batch_size=batch_size)
+        try:
+            with torch.no_grad():
+                efficacy = recall(model, tok, [r.text for r in requests],
+                                  [r.target_new for r in requests])[0]
+                para = [(p, r.target_new) for r in requests for p in r.paraphrases]
+                paraphrase = recall(model, tok, [p for p, _ in para], [a for _, a in para])[0]
+                kept = recall(model, tok, other_prompts, other_answers)[0]
+        finally:
+            patch.revert(model)
+    differ = _same(model, original)
+    assert not differ, f"revert did not restore {differ} bit for bit"
+    return {"efficacy": efficacy.float().mean().item(),
+            "paraphrase": paraphrase.float().mean().item(),
+            "locality": (kept & known).sum().item() / max(int(known.sum()), 1)}

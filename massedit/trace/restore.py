@@ -1,0 +1,204 @@
+"""Batched corrupted runs: many restorations x noise samples in the batch dimension of one pass.
+
+A *restoration* is a set of ``(module name, token)`` states copied from the clean run into the
+corrupted run. A chunk of ``m`` restorations runs as ``m * samples`` rows, restoration-major
+(row ``j * samples + s`` is restoration ``j`` under noise sample ``s``); every row gets the same
+subject noise as its sample in every other restoration, so restorations differ only in what they
+restore. Hooks patch each site's output at the rows and tokens of the restorations that name it.
+
+Blocks below a chunk's lowest restored layer compute exactly what the plain corrupted run computes,
+so that run is recorded once and replayed (:func:`massedit.hooks.replay_blocks`): a restoration at
+layer ``l`` costs the blocks from ``l`` up, not the whole model.
+
+A chunk that does not fit in memory is retried at half the size, down to one restoration.
+
+The noise goes into the first call of the embedding module in each forward pass: the only call
+in a decoder-only model, the encoder's in an encoder-decoder model whose stacks share one
+embedding (the encoder runs first), so the decoder's own inputs stay clean.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+
+from massedit.evals.scoring import _forward_kwargs, _model_device
+from massedit.hooks import edit_output, record_block_outputs, replay_blocks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Restoration:
+    """States restored from the clean run: ``(module name, token position)`` pairs."""
+
+    patches: tuple[tuple[str, int], ...]
+    first_layer: int  # the lowest layer a patch touches; blocks below it are left corrupted
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA/MPS/CPU allocation failures, which a smaller batch may avoid."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    if isinstance(err, oom_type):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+class CorruptedRunner:
+    """Runs a model on one tokenised fact with its subject embeddings noised.
+
+    ``clean`` maps each site name that restorations may name to its clean output ``(T, d)``;
+    ``noise`` is ``(samples, n_subject_tokens, d)``.
+    """
+
+    def __init__(
+        self,
+        model,
+        inputs: dict[str, torch.Tensor],  # a batch of one, e.g. input_ids (1, T)
+        answer_ids: Sequence[int],
+        subject_range: tuple[int, int],
+        clean: dict[str, torch.Tensor],
+        noise: torch.Tensor,
+        *,
+        embed_name: str,
+        layers_path: str,
+        reuse_prefix: bool = True,
+        keep_logits: bool = True,
+    ) -> None:
+        self.model = model
+        self.device = _model_device(model)
+        self.inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        self.n_answer = len(answer_ids)
+        self.answer_ids = torch.tensor(list(answer_ids), dtype=torch.long)  # (t,)
+        self.keep_logits = keep_logits
+        self.subject_range = subject_range
+        self.clean = clean
+        self.noise = noise
+        self.samples = noise.shape[0]
+        self.embed_name = embed_name
+        self.layers_path = layers_path
+        self.reuse_prefix = reuse_prefix
+        self._prefix: dict | None = None  # corrupted block outputs, recorded on first use
+        self.forward_passes = 0
+
+    # ---- one forward pass ------------------------------------------------------------------
+    def _add_noise(self, m: int):
+        lo, hi = self.subject_range
+
+        calls = [0]  # a fresh hook per forward pass: only its first call is noised
+
+        def fn(emb: torch.Tensor) -> torch.Tensor:  # (m * samples, T, d)
+            calls[0] += 1
+            if calls[0] > 1:
+                return emb
+            noise = self.noise.to(dtype=emb.dtype, device=emb.device).repeat(m, 1, 1)
+            emb = emb.clone()
+            emb[:, lo:hi] += noise  # (m * samples, n_subject, d)
+            return emb
+
+        return fn
+
+    @staticmethod
+    def _restore(rows: torch.Tensor, toks: torch.Tensor, clean: torch.Tensor):
+        def fn(out: torch.Tensor) -> torch.Tensor:  # (rows, T, d)
+            out = out.clone()
+            out[rows.to(out.device), toks.to(out.device)] = clean[toks].to(out.dtype)
+            return out
+
+        return fn
+
+    def _forward(self, chunk: Sequence[Restoration], start: int) -> torch.Tensor:
+        """(len(chunk),) answer probability per restoration, averaged over noise samples."""
+        m, s = len(chunk), self.samples
+        per_site: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for j, restoration in enumerate(chunk):
+            for name, token in restoration.patches:
+                per_site[name].append((j, token))
+        with ExitStack() as stack:
+            stack.enter_context(edit_output(self.model, self.embed_name, self._add_noise(m)))
+            if start > 0:
+                prefix = self._corrupted_prefix()
+                recorded = {i: prefix[i] for i in range(start)}
+                value = _first(prefix[start - 1]).repeat(m, 1, 1)  # (m * samples, T, d)
+                stack.enter_context(replay_blocks(self.model, self.layers_path, recorded, value))
+            for name, pairs in per_site.items():
+                rows = torch.tensor([j * s + k for j, _ in pairs for k in range(s)])
+                toks = torch.tensor([t for _, t in pairs for _ in range(s)])
+                stack.enter_context(
+                    edit_output(self.model, name, self._restore(rows, toks, self.clean[name]))
+                )
+            probs = self._answer_prob(m * s)  # (m * samples,)
+        return probs.view(m, s).mean(1)
+
+    def _answer_prob(self, rows: int) -> torch.Tensor:
+        """(rows,) exp(mean log p(answer tokens)) for each row of the (hooked) model."""
+        kwargs: dict = {k: v.expand(rows, -1) for k, v in self.inputs.items()}
+        kwargs["use_cache"] = False
+        keep_name = _forward_kwargs(self.model)[1] if self.keep_logits else None
+        if keep_name is not None:
+            kwargs[keep_name] = self.n_answer  # only the answer positions reach the vocabulary
+        self.forward_passes += 1
+        logits = self.model(**kwargs).logits[:, -self.n_answer :]  # (rows, t, vocab)
+        logp = logits.float().log_softmax(-1)
+        target = self.answer_ids.to(logp.device).expand(rows, -1)[..., None]  # (rows, t, 1)
+        return logp.gather(-1, target).squeeze(-1).mean(-1).exp().cpu()  # (rows,)
+
+    def _corrupted_prefix(self) -> dict:
+        """Every block's output in the unrestored corrupted run (``samples`` rows, kept)."""
+        if self._prefix is None:
+            self.corrupted_probability()
+        return self._prefix  # type: ignore[return-value]
+
+    def corrupted_probability(self) -> float:
+        """P(answer) with the subject noised and nothing restored (also records the prefix)."""
+        depth = len(self.model.get_submodule(self.layers_path))
+        with ExitStack() as stack:
+            stack.enter_context(edit_output(self.model, self.embed_name, self._add_noise(1)))
+            seen = stack.enter_context(
+                record_block_outputs(self.model, self.layers_path, depth - 1)
+            )
+            probs = self._answer_prob(self.samples)
+        self._prefix = dict(seen)
+        return float(probs.mean())
+
+    # ---- many restorations -----------------------------------------------------------------
+    @torch.no_grad()
+    def probabilities(self, restorations: Sequence[Restoration], batch_size: int) -> torch.Tensor:
+        """(n,) P(answer) after each restoration; ``batch_size`` restorations per forward pass."""
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        # Restorations that start at the same layer share a replayed prefix.
+        order = sorted(range(len(restorations)), key=lambda i: restorations[i].first_layer)
+        out = torch.empty(len(restorations))
+        pos, size = 0, batch_size
+        while pos < len(order):
+            idx = order[pos : pos + size]
+            chunk = [restorations[i] for i in idx]
+            start = min(r.first_layer for r in chunk) if self.reuse_prefix else 0
+            try:
+                out[idx] = self._forward(chunk, start)
+            except (RuntimeError, MemoryError) as err:
+                if size == 1 or not (isinstance(err, MemoryError) or is_out_of_memory(err)):
+                    raise
+                size = max(1, size // 2)
+                logger.warning(
+                    "out of memory with %d restorations x %d samples per pass; retrying with %d",
+                    len(chunk), self.samples, size,
+                )
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            pos += len(idx)
+        return out
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
