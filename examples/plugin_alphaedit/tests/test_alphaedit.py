@@ -25,7 +25,7 @@ def test_method_passes_the_kit(tmp_path):
     # The same toy-world floors as massedit's own built-ins (its tests/test_conformance.py):
     # two of the kit's four toy facts resist an edit at layer 0 of the toy model.
     report = check_method("alphaedit", workdir=tmp_path,
-                          thresholds=ToyThresholds(efficacy=0.5, paraphrase=0.6, locality=0.9))
+                          thresholds=ToyThresholds(efficacy=0.5, paraphrase=0.6, locality=0.8))
     assert report.passed, str(report)
 
 
