@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,3 +34,14 @@ def tiny_corpus(tmp_path_factory) -> Path:
 def stats_dir(tmp_path_factory) -> Path:
     """A statistics cache private to this test session."""
     return tmp_path_factory.mktemp("stats-cache")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy machine extra OpenMP threads
+    only spin against other jobs (a tiny-model test measured 40x slower). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -35,13 +35,7 @@ TOY_BATCH_SIZES = {"rome": 1}  # ROME writes one fact at a time
 BUILTIN_THRESHOLDS = ToyThresholds(efficacy=0.5, paraphrase=0.6, locality=0.9)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and lose a lot on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 @pytest.mark.parametrize("cls, declared", [

@@ -19,14 +19,7 @@ from massedit.seq2seq.sweep import SweepRow, best_site, edit_at_best_site, sweep
 from massedit.testing import TINY_WORDS, tiny_model
 from massedit.testing.tiny_seq2seq import TINY_SEQ2SEQ_TYPES, tiny_seq2seq_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: extra OpenMP threads only spin against other jobs on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 PAIRS = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from massedit.cli import app
@@ -13,14 +12,7 @@ from massedit.seq2seq.pairs import write_rows
 from massedit.testing import tiny_model
 from massedit.testing.nmt_train import nmt_world_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: extra OpenMP threads only spin against other jobs on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 runner = CliRunner()

@@ -7,7 +7,6 @@ under ``$MASSEDIT_CACHE`` like the toy-world models.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from massedit import Editor, EditRequest, StatsSpec
 from massedit.seq2seq.pair_edit import PairEditor, PairSettings
@@ -16,14 +15,7 @@ from massedit.seq2seq.running import translate
 from massedit.seq2seq.sweep import edit_at_best_site
 from massedit.testing.nmt_train import nmt_world_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: extra OpenMP threads only spin against other jobs on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 # A planted error each architecture's toy model really makes and a pair edit fixes (measured

@@ -31,13 +31,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY_PROMPT = ("The Eiffel Tower is located in the city of", "Eiffel Tower")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny forward passes: a second thread only adds contention on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 @pytest.fixture(scope="module")
