@@ -17,8 +17,6 @@ import logging
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -27,6 +25,7 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from massedit.seq2seq.running import encode_output, encode_source, teacher_forced_batch
+from massedit.testing.model_cache import train_and_cache
 from massedit.testing.nmt_world import NMTWorld
 from massedit.testing.tiny_seq2seq import build_seq2seq_tokenizer, seq2seq_config
 
@@ -123,25 +122,7 @@ def nmt_world_model(arch: str = "marian", *, cache_dir: str | os.PathLike | None
         model = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=torch.float32).eval()
         model.requires_grad_(False)
         return model, AutoTokenizer.from_pretrained(path), world
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            model, tok, report = train_nmt_model(world, spec)
-    finally:
-        torch.set_num_threads(threads)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        meta = {"train": asdict(spec), "report": report, "version": NMTWORLD_VERSION}
-        (tmp / "nmtworld.json").write_text(json.dumps(meta, indent=2))  # written last
-        os.rename(tmp, path)
-    except OSError:
-        if not (path / "nmtworld.json").is_file():
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    model, tok = train_and_cache(
+        path, "nmtworld.json", lambda: train_nmt_model(world, spec),
+        {"train": asdict(spec), "version": NMTWORLD_VERSION}, threads=1)
     return model, tok, world

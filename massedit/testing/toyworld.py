@@ -28,8 +28,6 @@ import json
 import logging
 import os
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,6 +40,7 @@ from transformers import (
 )
 
 from massedit.requests import EditRequest
+from massedit.testing.model_cache import train_and_cache
 from massedit.testing.toytrain import (
     ARCH_SPECS,
     TrainSpec,
@@ -276,26 +275,7 @@ def toy_world_model(
         log.info("loaded toy-world model from %s", path)
         return model, tok, world
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(training_threads())
-    try:
-        with torch.random.fork_rng(devices=[]):
-            model, tok, report = train_toy_model(world, spec)
-    finally:
-        torch.set_num_threads(threads)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
-    try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        meta = {"world": asdict(world.spec), "train": asdict(spec), "report": report}
-        (tmp / "toyworld.json").write_text(json.dumps(meta, indent=2))  # written last: marks done
-        os.rename(tmp, path)
-    except OSError:
-        if not (path / "toyworld.json").is_file():
-            raise
-        log.info("another process cached %s first; using its copy", path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    model, tok = train_and_cache(
+        path, "toyworld.json", lambda: train_toy_model(world, spec),
+        {"world": asdict(world.spec), "train": asdict(spec)}, threads=training_threads())
     return model, tok, world
