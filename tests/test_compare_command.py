@@ -11,7 +11,7 @@ import pytest
 
 from massedit.registry import register_objective
 from tests.test_cli import invoke
-from tests.test_eval_command import SET, STATS_TOKENS, build_toy_workspace
+from tests.test_eval_command import SET, STATS_TOKENS, toy_workspace_with_cache
 
 
 @register_objective
@@ -26,17 +26,7 @@ class ExplodingObjective:
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory, stats_dir):
-    import os
-
-    # Built before MASSEDIT_CACHE moves: the trained toy model stays in the user's cache.
-    workspace = build_toy_workspace(tmp_path_factory.mktemp("compare"), stats_dir)
-    old = os.environ.get("MASSEDIT_CACHE")
-    os.environ["MASSEDIT_CACHE"] = str(stats_dir)
-    yield workspace
-    if old is None:
-        os.environ.pop("MASSEDIT_CACHE", None)
-    else:
-        os.environ["MASSEDIT_CACHE"] = old
+    yield from toy_workspace_with_cache(tmp_path_factory, stats_dir, "compare")
 
 
 def compare(toy, out: Path, *extra: str):

@@ -52,19 +52,19 @@ def build_toy_workspace(root: Path, cache: Path, n_cases: int = 4) -> dict[str, 
             "corpus": root / "corpus.txt", "patch": root / "patch", "world": world}
 
 
+def toy_workspace_with_cache(tmp_path_factory, stats_dir, name: str):
+    """The toy workspace, with ``MASSEDIT_CACHE`` pointed at the session's statistics while the
+    module's tests run. Built before the variable moves, so the trained toy model stays in the
+    user's cache."""
+    workspace = build_toy_workspace(tmp_path_factory.mktemp(name), stats_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MASSEDIT_CACHE", str(stats_dir))
+        yield workspace
+
+
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory, stats_dir):
-    import os
-
-    # Built before MASSEDIT_CACHE moves: the trained toy model stays in the user's cache.
-    workspace = build_toy_workspace(tmp_path_factory.mktemp("eval"), stats_dir)
-    old = os.environ.get("MASSEDIT_CACHE")
-    os.environ["MASSEDIT_CACHE"] = str(stats_dir)
-    yield workspace
-    if old is None:
-        os.environ.pop("MASSEDIT_CACHE", None)
-    else:
-        os.environ["MASSEDIT_CACHE"] = old
+    yield from toy_workspace_with_cache(tmp_path_factory, stats_dir, "eval")
 
 
 QUICK = ["--max-new-tokens", "4", "--score-batch", "5"]
