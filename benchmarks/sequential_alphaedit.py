@@ -23,12 +23,12 @@ import torch
 
 from massedit import Editor, StatsSpec
 from massedit.testing import TOY_EDIT_LAYERS, toy_world_model
-from massedit.testing.toyworld import recall
+from massedit.testing.toyworld import WIDE_GPT2_EDIT_LAYERS, WIDE_GPT2_SPEC, recall
 
 logger = logging.getLogger("bench")
 
 # The toy model's key statistics have another scale than a real model's (DESIGN §5: λ does not
-# transfer): λ = 10 is what benchmarks/toyworld_acceptance.py uses for MEMIT.
+# transfer): λ = 10 is what tests/test_toyworld_edits.py uses for MEMIT.
 DEFAULTS = {
     "memit": {"mom2_lambda": 10.0},
     "alphaedit": {},
@@ -42,8 +42,16 @@ def hits(model, tok, pairs) -> float:
     return found.float().mean().item()
 
 
+def toy(args):
+    """A fresh copy of the toy model from the cache, and the layers to edit it at: the default
+    model, or with ``--wide`` the wide GPT-2 whose batch edits stay specific (toyworld.py)."""
+    if args.wide:
+        return (*toy_world_model("gpt2", spec=WIDE_GPT2_SPEC), WIDE_GPT2_EDIT_LAYERS)
+    return (*toy_world_model(args.arch), TOY_EDIT_LAYERS[args.arch])
+
+
 def run(method: str, settings: dict, args, corpus: Path, stats_dir: Path) -> dict:
-    model, tok, world = toy_world_model(args.arch)  # a fresh copy from the cache for each run
+    model, tok, world, layers = toy(args)
     requests = world.requests(args.batches * args.batch_size, seed=args.seed)
     edited = {r.subject for r in requests}
     others = [f for f in world.facts if f["subject"] not in edited][: args.n_unrelated]
@@ -54,7 +62,7 @@ def run(method: str, settings: dict, args, corpus: Path, stats_dir: Path) -> dic
     first = [(r.text, r.target_new) for r in requests[: args.batch_size]]
     editor = Editor(model, tok, method=method, progress=False,
                     stats=StatsSpec(corpus=str(corpus), cache_dir=str(stats_dir)),
-                    **{"layers": TOY_EDIT_LAYERS[args.arch], **COMMON, **settings})
+                    **{"layers": layers, **COMMON, **settings})
     first_batch_curve = []
 
     def after_batch(index: int, patch) -> None:
@@ -97,6 +105,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--wide", action="store_true", help="edit the wide toy GPT-2 at layer 0")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -104,7 +113,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     settings = parse_sets(args.set)
     with tempfile.TemporaryDirectory() as tmp:
-        _, _, world = toy_world_model(args.arch)
+        _, _, world, _ = toy(args)
         corpus = Path(tmp) / f"toyworld-{args.arch}.txt"
         corpus.write_text(world.corpus_text())
         rows = [run(m, settings.get(m, {}), args, corpus, Path(tmp) / "stats")
