@@ -6,20 +6,13 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 import massedit.stats as stats_module
 from massedit.stats_cache import stats_dir
 from massedit.testing import TINY_WORDS, tiny_model
 from tests.test_cli import invoke
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 @pytest.fixture(scope="module")
