@@ -54,6 +54,27 @@ def _file_texts(path: Path) -> Iterator[str]:
         yield detokenize_wikitext(" ".join(block))
 
 
+CORPUS_SUFFIXES = (".txt", ".json", ".jsonl")
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """A folder corpus: its text files in name order (so the token budget is reproducible)."""
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES)
+    if not files:
+        kinds = "/".join(CORPUS_SUFFIXES)
+        raise FileNotFoundError(f"corpus folder {str(folder)!r} holds no {kinds} file")
+    return files
+
+
+def _path_texts(path: Path) -> Iterator[str]:
+    if path.is_dir():
+        for file in _folder_files(path):
+            yield from _file_texts(file)
+    else:
+        yield from _file_texts(path)
+
+
 def _hub_texts(corpus: str, rank: int = 0, world: int = 1) -> Iterator[str]:
     from datasets import load_dataset
     from datasets.distributed import split_dataset_by_node
@@ -85,8 +106,8 @@ def _model_texts(model, tok, seed: int, n_texts: int = 10_000, length: int = 128
 
 def iter_texts(corpus: str, model=None, tok=None, seed: int = 0, rank: int = 0,
                world: int = 1) -> Iterator[str]:
-    """Texts of a corpus: a local .txt/.json/.jsonl file, ``"self"``, or a hub dataset id
-    (``name[:config]``, streamed)."""
+    """Texts of a corpus: a local .txt/.json/.jsonl file, a folder of them (name order),
+    ``"self"``, or a hub dataset id (``name[:config]``, streamed)."""
     if corpus == "self":
         if model is None:
             raise ValueError("corpus 'self' needs the model to sample from")
@@ -94,22 +115,28 @@ def iter_texts(corpus: str, model=None, tok=None, seed: int = 0, rank: int = 0,
         return
     path = Path(corpus).expanduser()
     if path.exists():
-        texts = _file_texts(path)
+        texts = _path_texts(path)
         if world > 1:  # deterministic round-robin shard of a local file
             texts = (t for i, t in enumerate(texts) if i % world == rank)
         yield from texts
         return
-    if corpus.endswith((".txt", ".json", ".jsonl")):
+    if corpus.endswith(CORPUS_SUFFIXES):
         raise FileNotFoundError(f"corpus file {corpus!r} does not exist")
     yield from _hub_texts(corpus, rank, world)
 
 
 def corpus_id(corpus: str) -> str:
-    """What identifies a corpus in a fingerprint: a file's content hash, else its name."""
+    """What identifies a corpus in a fingerprint: a file's (or a folder's files' names and)
+    content hash, else its name."""
     import hashlib
 
     path = Path(corpus).expanduser()
     if path.is_file():
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         return f"file:{path.name}:{digest}"
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in _folder_files(path):
+            digest.update(file.name.encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
+        return f"folder:{path.name}:{digest.hexdigest()[:16]}"
     return corpus

@@ -229,3 +229,23 @@ def test_unwritable_cache_still_gives_statistics_to_the_editor(tiny_corpus, tmp_
     assert moments[1].count == 200 and "not writable" in caplog.text
     with pytest.raises(OSError, match="not writable"):
         get_moments(model, tok, [1], spec, 200, progress=False, require_cache=True)
+
+
+def test_folder_corpus_reads_its_files_in_name_order_and_fingerprints_them(tmp_path):
+    from massedit.corpus import corpus_id
+
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "b.txt").write_text("second file, first paragraph\n\nsecond paragraph\n")
+    (folder / "a.jsonl").write_text(json.dumps({"text": "first file"}) + "\n")
+    (folder / "notes.md").write_text("not a corpus file")
+    assert list(iter_texts(str(folder))) == [
+        "first file", "second file, first paragraph", "second paragraph"]
+    before = corpus_id(str(folder))
+    assert before.startswith("folder:texts:")
+    (folder / "b.txt").write_text("changed\n")
+    assert corpus_id(str(folder)) != before  # new content: statistics are not re-used
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no"):
+        list(iter_texts(str(empty)))
