@@ -11,9 +11,11 @@ How a combination is run:
 In both, locality is measured against the unedited model's outputs, computed once before any
 edit (``unedited.json``). Sharing: statistics for the union of all edit layers are computed in one
 pass before the first edit (and cached on disk); target vectors are shared between combinations
-through one ``Editor.target_cache`` (same requests, prefixes, last layer and target settings on
-the same weights). So that times stay comparable, a combination is charged the original cost of
-every target it re-used: ``seconds`` = its own edit time + ``seconds_targets_reused``.
+through one ``Editor.target_cache``, per request (same request, prefixes, last layer and target
+settings on the same weights), so batch sizes and methods with the same last layer share them.
+So that times stay comparable, a combination is charged the original cost of every target it
+re-used (its share of the call that computed it): ``seconds`` = its own edit time +
+``seconds_targets_reused``.
 
 A result file is written atomically when its combination ends, finished or failed. A re-run with
 the same shared settings skips finished combinations and retries failed ones; other shared
@@ -25,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -136,29 +137,21 @@ class StudyResult:
 
 
 class TimedTargetCache(dict):
-    """``Editor.target_cache`` that remembers how long each target took to compute.
-
-    The editor asks ``key in cache`` and, on a miss, stores the computed targets: the time between
-    the two is the computation. Hits are counted so a study can charge their original cost."""
+    """``Editor.target_cache`` that counts its hits, so a study can charge each combination the
+    original cost (``CachedTarget.seconds``) of every target it re-used."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.seconds: dict[Any, float] = {}
-        self._started: dict[Any, float] = {}
         self.hits: list[Any] = []
 
     def __contains__(self, key: object) -> bool:
         found = super().__contains__(key)
         if found:
             self.hits.append(key)
-        else:
-            self._started[key] = time.perf_counter()
         return found
 
-    def __setitem__(self, key: Any, value: Any) -> None:
-        started = self._started.pop(key, None)
-        self.seconds[key] = 0.0 if started is None else time.perf_counter() - started
-        super().__setitem__(key, value)
+    def seconds_of(self, keys: Sequence[Any]) -> float:
+        return sum(self[key].seconds for key in keys)
 
 
 def check_options(opts: StudyOptions) -> None:
@@ -232,7 +225,7 @@ def run_combination(model, tok, cases: Sequence[EvalCase], reference: Reference,
         finally:
             patch.revert(model)
     reused = target_cache.hits[hits_before:]
-    reused_seconds = sum(target_cache.seconds.get(k, 0.0) for k in reused)
+    reused_seconds = target_cache.seconds_of(reused)
     seconds = edit_seconds + reused_seconds
     return {
         "status": "finished", "summary": summarize(rows), "n_edits": len(cases),

@@ -22,7 +22,7 @@ from massedit.problem import LayerProblem
 from massedit.registry import get_distribution, get_method, get_objective, method_preset
 from massedit.requests import EditRequest, as_requests, requests_digest
 from massedit.stats import StatsSpec, get_moments
-from massedit.targets import compute_targets
+from massedit.targets import TargetResult, compute_targets
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +99,9 @@ class Editor:
         # For inspection and tests: every solved LayerProblem (with a copy of W) and its Delta.
         self.keep_problems = keep_problems
         self.solved: list[tuple[LayerProblem, Any]] = []
-        # Targets depend on the requests, prefixes, last edit layer and the target settings only,
-        # so studies that vary λ, μ, objectives or earlier layers can share them.
+        # Targets depend on the request, prefixes, last edit layer, target settings and weights
+        # only, so studies that vary λ, μ, objectives, earlier layers or the batch size share
+        # them. Keys are per request; values are ``CachedTarget``s.
         self.target_cache = target_cache if target_cache is not None else {}
         self._moments: dict = {}
         self._stats_record: dict = {}
@@ -260,15 +261,23 @@ class Editor:
                         float(delta.matrix().norm()), float(weight.detach().float().norm()),
                         float(residual.norm()))
 
-    def _targets(self, reqs, prefixes, last_block):
+    def _targets(self, reqs, prefixes, last_block) -> TargetResult:
+        """Targets per request, from the cache where the same request was optimised before
+        (any batch: requests do not interact in the optimisation); the others in one call."""
         hp = self.hparams
-        key = (requests_digest(reqs), tuple(prefixes), last_block, hp.v_lr, hp.v_num_grad_steps,
-               hp.kl_factor, hp.v_weight_decay, hp.clamp_norm_factor, hp.early_stop_loss,
-               weights_key(self.model))
-        if key not in self.target_cache:
-            self.target_cache[key] = compute_targets(
-                self.model, self.tok, reqs, prefixes, last_block, hp, self.progress)
-        return self.target_cache[key]
+        shared = (tuple(prefixes), last_block, hp.v_lr, hp.v_num_grad_steps, hp.kl_factor,
+                  hp.v_weight_decay, hp.clamp_norm_factor, hp.early_stop_loss,
+                  weights_key(self.model))
+        keys = [(requests_digest([r]), *shared) for r in reqs]
+        missing = [i for i, key in enumerate(keys) if key not in self.target_cache]
+        if missing:
+            t0 = time.perf_counter()
+            result = compute_targets(self.model, self.tok, [reqs[i] for i in missing], prefixes,
+                                     last_block, hp, self.progress)
+            share = (time.perf_counter() - t0) / len(missing)
+            for i, item in zip(missing, result.split(share), strict=True):
+                self.target_cache[keys[i]] = item
+        return TargetResult.stack([self.target_cache[key] for key in keys])
 
     def _check(self, delta, weight: torch.Tensor, site: str) -> None:
         d = delta.matrix()

@@ -39,6 +39,31 @@ class TargetResult:
     nll: torch.Tensor  # (n,) final mean NLL of target_new
     steps: torch.Tensor  # (n,) gradient steps each request took
 
+    def split(self, seconds_each: float = 0.0) -> list[CachedTarget]:
+        """One cache entry per request (each request's δ is optimised independently of the
+        others: separate parameters, losses, early stops and clamps under element-wise Adam)."""
+        return [CachedTarget(self.z[i], self.h[i], self.nll[i], self.steps[i], seconds_each)
+                for i in range(self.z.shape[0])]
+
+    @staticmethod
+    def stack(items: Sequence[CachedTarget]) -> TargetResult:
+        return TargetResult(z=torch.stack([t.z for t in items]),
+                            h=torch.stack([t.h for t in items]),
+                            nll=torch.stack([t.nll for t in items]),
+                            steps=torch.stack([t.steps for t in items]))
+
+
+@dataclass
+class CachedTarget:
+    """One request's target as a target cache keeps it, with its share of the time the
+    computation that produced it took (so studies can charge re-used targets fairly)."""
+
+    z: torch.Tensor  # (d_model,)
+    h: torch.Tensor  # (d_model,)
+    nll: torch.Tensor  # ()
+    steps: torch.Tensor  # ()
+    seconds: float
+
 
 @dataclass
 class _Rows:

@@ -74,11 +74,18 @@ def test_table_holds_every_combination_and_its_numbers(study) -> None:
 
 def test_targets_are_shared_and_their_cost_charged(study) -> None:
     """memit ends at the same layer with the same target settings as rome: it re-uses rome's
-    targets for the same batches, and is charged what they cost."""
+    targets, and is charged what they cost; so do the larger batches (targets are per request)."""
     rome = combination(study, "rome__-__-__b1__batch__s0")
     memit = combination(study, "memit__-__-__b1__batch__s0")
     assert rome["targets_computed"] == 4 and rome["targets_reused"] == 0
     assert memit["targets_computed"] == 0 and memit["targets_reused"] == 4
+    for method in ("rome", "memit"):
+        larger = combination(study, f"{method}__-__-__b4__batch__s0")
+        assert larger["targets_computed"] == 0 and larger["targets_reused"] == 4
+        # Charged what the 4 targets cost when rome's batches of 1 computed them.
+        assert larger["seconds_targets_reused"] == pytest.approx(
+            memit["seconds_targets_reused"], abs=2e-3)
+    assert 0 < memit["seconds_targets_reused"] <= rome["seconds_edit"]
     assert memit["seconds"] == pytest.approx(
         memit["seconds_edit"] + memit["seconds_targets_reused"], abs=2e-3)
     assert memit["seconds_targets_reused"] > memit["seconds_edit"]
@@ -128,7 +135,7 @@ def test_crashed_combination_is_reported_and_others_kept(toy, tmp_path) -> None:
     # The failed edit left the model exactly as it was: the next combination finds the first
     # batch's targets (keyed by the weights' digest) already computed by the failed one.
     ok = combination(out, "rome__equality__-__b2__seq__s0")
-    assert ok["targets_reused"] == 1 and ok["targets_computed"] == 1
+    assert ok["targets_reused"] == 2 and ok["targets_computed"] == 2  # per request
     assert ok["summary"]["efficacy_success"] >= 50.0
     assert "test_exploding" in (out / "report.md").read_text()
     again = compare(toy, out, *args)  # the failed one is retried, the finished one kept

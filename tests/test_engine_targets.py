@@ -28,6 +28,35 @@ def test_batched_targets_equal_one_at_a_time():
     assert float((batched.z - batched.h).norm()) > 0
 
 
+def test_editor_caches_targets_per_request_across_batches(monkeypatch):
+    """A request optimised in one batch is not optimised again in another: the editor takes it
+    from the cache and computes only the new ones, and the result equals computing it alone."""
+    import massedit.editor as editor_module
+    from massedit import Editor
+
+    model, tok = tiny_model("gpt2")
+    calls: list[int] = []
+    real = editor_module.compute_targets
+
+    def counted(model, tok, requests, *args, **kwargs):
+        calls.append(len(requests))
+        return real(model, tok, requests, *args, **kwargs)
+
+    monkeypatch.setattr(editor_module, "compute_targets", counted)
+    cache: dict = {}
+    hp = EditHparams(layers=(1,), v_num_grad_steps=6, early_stop_loss=0.0)
+    editor = Editor(model, tok, "rome", hparams=hp, progress=False, target_cache=cache)
+    prefixes = PREFIXES
+    pair = editor._targets(REQUESTS[:2], prefixes, "transformer.h.1")
+    assert calls == [2] and len(cache) == 2
+    mixed = editor._targets([REQUESTS[1], REQUESTS[2]], prefixes, "transformer.h.1")
+    assert calls == [2, 1] and len(cache) == 3  # only the new request was optimised
+    assert torch.equal(mixed.z[0], pair.z[1])
+    alone = real(model, tok, [REQUESTS[1]], prefixes, "transformer.h.1", hp, progress=False)
+    assert torch.allclose(pair.z[1], alone.z[0], rtol=1e-5, atol=1e-5)
+    assert all(entry.seconds > 0 for entry in cache.values())
+
+
 def test_early_stopping_is_per_request():
     model, tok = tiny_model("gpt2")
     hp = EditHparams(layers=(1,), v_num_grad_steps=5, v_weight_decay=0.0, kl_factor=0.0)
