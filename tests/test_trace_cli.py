@@ -112,3 +112,23 @@ def test_bad_input_is_reported_clearly(model_dir, tmp_path, caplog):
     assert result.exit_code == 0, result.output
     assert "does not predict" in caplog.text
     assert json.loads((out / "trace.json").read_text())["answer"] == wrong
+
+
+def test_trace_cli_on_an_encoder_decoder_traces_its_encoder(tmp_path):
+    from massedit.testing.tiny_seq2seq import tiny_seq2seq_model
+
+    model, tok = tiny_seq2seq_model("t5", n_layer=3, n_dec_layer=2)
+    path = tmp_path / "tiny-t5"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    out = tmp_path / "trace"
+    result = invoke("trace", "--model", path, "--prompt", PROMPT, "--subject", SUBJECT,
+                    "--kind", "hidden,mlp", "--samples", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "trace.json").read_text())
+    assert set(data["kinds"]) == {"hidden", "mlp"}
+    # Rows are the encoder's 3 layers (not the decoder's 2) for every source token.
+    n_rows = len((out / "trace.csv").read_text().splitlines()) - 1
+    assert n_rows == 2 * len(data["tokens"]) * 3
+    assert len(data["tokens"]) == len(tok(PROMPT)["input_ids"])
+    assert (out / "heatmap.png").read_bytes()[:8] == PNG_MAGIC

@@ -82,7 +82,7 @@ def traced_stack(model) -> TracedStack:
 
 @torch.no_grad()
 def _greedy_input(model, tok, prompt: str, subject: str, start: int | None) -> TraceInput:
-    text, ids, subject_range = tokenise_fact(tok, prompt, subject)
+    text, ids, subject_range = tokenise_fact(tok, prompt, subject, keep_eos=start is not None)
     # With a one-token answer, the model inputs are exactly "predict what follows the prompt".
     probe = answer_input(tok, text, subject, ids, subject_range, [0], "", start)
     logits = model(**probe.model_inputs(_model_device(model)), use_cache=False).logits

@@ -64,18 +64,22 @@ def subject_template(prompt: str, subject: str) -> str:
     return _normalise_template(prompt, subject, where="trace")
 
 
-def tokenise_fact(tok, prompt: str, subject: str) -> tuple[str, tuple[int, ...], tuple[int, int]]:
+def tokenise_fact(tok, prompt: str, subject: str, keep_eos: bool = False
+                  ) -> tuple[str, tuple[int, ...], tuple[int, int]]:
     """``(text, prompt ids, subject token range)`` for a prompt that contains the subject.
 
     The subject's first token is the last token overlapping its first character, and its last
     token the last one overlapping any of its characters: both come from offset mappings.
+    ``keep_eos``: an encoder-decoder's source keeps the EOS its tokenizer ends it with, as in
+    training and in pair edits (a decoder prompt drops it: the answer follows the prompt).
     """
     template = subject_template(prompt, subject)
     start = template.index(PLACEHOLDER)
     text = template.replace(PLACEHOLDER, subject)
     end = start + len(subject)
-    whole = encode_with_subject(tok, text, (start, end), where="trace")
-    first = encode_with_subject(tok, text, (start, start + 1), where="trace").subject_last
+    whole = encode_with_subject(tok, text, (start, end), where="trace", keep_eos=keep_eos)
+    first = encode_with_subject(tok, text, (start, start + 1), where="trace",
+                                keep_eos=keep_eos).subject_last
     return text, tuple(whole.ids), (first, whole.subject_last + 1)
 
 
@@ -101,7 +105,8 @@ def target_input(
     tok, prompt: str, subject: str, target: str | Sequence[int], decoder_start: int | None = None
 ) -> TraceInput:
     """The input for a given answer: a text (``--target``) or token ids (reused as they are)."""
-    text, ids, subject_range = tokenise_fact(tok, prompt, subject)
+    text, ids, subject_range = tokenise_fact(tok, prompt, subject,
+                                             keep_eos=decoder_start is not None)
     if isinstance(target, str):
         try:
             answer_ids = encode_target(tok, target)
