@@ -55,7 +55,9 @@ def plot_trace(trace: FactTrace, path: str | Path, model_name: str | None = None
     kinds = list(trace.kinds)
     labels = trace.token_labels()
     height = 0.9 + 0.28 * max(len(k.positions) for k in trace.kinds.values())
-    fig = Figure(figsize=(4.2 * len(kinds), height + 1.0))
+    # Constrained layout keeps tick labels, colour bars and titles of neighbouring panels apart.
+    fig = Figure(figsize=(4.2 * len(kinds), height + 1.0), layout="constrained")
+    previous_rows = None
     for i, kind in enumerate(kinds):
         k = trace.kinds[kind]
         ax = fig.add_subplot(1, len(kinds), i + 1)
@@ -63,17 +65,20 @@ def plot_trace(trace: FactTrace, path: str | Path, model_name: str | None = None
             k.scores.numpy(), cmap=CMAPS.get(kind, "Blues"), aspect="auto",
             vmin=min(trace.corrupted_prob, float(k.scores.min())), interpolation="nearest",
         )
-        ax.set_yticks(range(len(k.positions)))
-        ax.set_yticklabels([labels[p] for p in k.positions], fontsize=8)
+        rows = [labels[p] for p in k.positions]
+        ax.set_yticks(range(len(rows)))
+        # Token names once per row of panels, unless a panel shows other tokens.
+        ax.set_yticklabels(rows if rows != previous_rows else [], fontsize=8)
+        previous_rows = rows
         _layer_ticks(ax, k.scores.shape[1])
         ax.set_xlabel(_xlabel(kind, k.window), fontsize=8)
         ax.set_title(f"restoring the {KIND_TITLES.get(kind, kind)}", fontsize=9)
         bar = fig.colorbar(image, ax=ax)
-        bar.ax.set_title(f"p({trace.answer})", fontsize=8)
+        bar.set_label(f"p({trace.answer})", fontsize=8)
     where = f" in {model_name}" if model_name else ""
     fig.suptitle(
         f"{trace.prompt!r} -> {trace.answer!r}{where}: clean p={trace.clean_prob:.2f}, "
-        f"corrupted p={trace.corrupted_prob:.2f}", fontsize=9, y=1.03,
+        f"corrupted p={trace.corrupted_prob:.2f}", fontsize=9,
     )
     return _save(fig, path)
 
@@ -81,24 +86,25 @@ def plot_trace(trace: FactTrace, path: str | Path, model_name: str | None = None
 def plot_average(avg: AverageTrace, path: str | Path, model_name: str | None = None) -> Path:
     """Write the average indirect effect per kind and token category to ``path`` (PNG)."""
     kinds = list(avg.kinds)
-    fig = Figure(figsize=(4.4 * len(kinds), 3.0))
+    fig = Figure(figsize=(4.4 * len(kinds), 3.0), layout="constrained")
+    previous_rows = None
     for i, kind in enumerate(kinds):
         k = avg.kinds[kind]
         ax = fig.add_subplot(1, len(kinds), i + 1)
         image = ax.imshow(k.effect.numpy(), cmap=CMAPS.get(kind, "Blues"), aspect="auto",
                           interpolation="nearest")
+        rows = [f"{c} ({n})" for c, n in zip(CATEGORIES, k.counts, strict=True)]
         ax.set_yticks(range(len(CATEGORIES)))
-        ax.set_yticklabels(
-            [f"{c} ({n})" for c, n in zip(CATEGORIES, k.counts, strict=True)], fontsize=8
-        )
+        ax.set_yticklabels(rows if rows != previous_rows else [], fontsize=8)
+        previous_rows = rows
         _layer_ticks(ax, k.effect.shape[1])
         ax.set_xlabel(_xlabel(kind, k.window), fontsize=8)
         ax.set_title(f"average indirect effect of the {KIND_TITLES.get(kind, kind)}", fontsize=9)
         bar = fig.colorbar(image, ax=ax)
-        bar.ax.set_title("AIE", fontsize=8)
+        bar.set_label("average indirect effect", fontsize=8)
     where = f" ({model_name})" if model_name else ""
     fig.suptitle(
         f"{avg.n_facts} facts{where}: mean clean p={avg.clean_prob:.2f}, "
-        f"corrupted p={avg.corrupted_prob:.2f}", fontsize=9, y=1.03,
+        f"corrupted p={avg.corrupted_prob:.2f}", fontsize=9,
     )
     return _save(fig, path)
