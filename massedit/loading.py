@@ -55,7 +55,14 @@ def _embedded_folder() -> Path:
     try:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process converted it first (two jobs started at once on a fresh
+            # machine): its complete copy is as good as ours.
+            if not (target / "config.json").exists():
+                raise
+            logger.info("another process wrote %s first; using it", target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -36,3 +36,26 @@ def test_local_folder_and_unknown_architecture(tmp_path):
                                                  vocab_size=16)).save_pretrained(tmp_path / "b")
     with pytest.raises(ValueError, match="register_adapter"):
         load_model(str(tmp_path / "b"))
+
+
+def test_two_processes_converting_the_embedded_model_at_once(monkeypatch, tmp_path):
+    """On a fresh machine two jobs may both convert the GGUF file; the one that finishes second
+    finds the folder written and must use it, not fail on the rename."""
+    import os
+    import shutil
+
+    import massedit.loading as loading
+
+    monkeypatch.setenv("MASSEDIT_CACHE", str(tmp_path))
+    real_replace = os.replace
+
+    def other_process_wins(src, dst):
+        shutil.copytree(src, dst)  # the other process's complete copy lands first
+        real_replace(src, dst)  # ours then fails: the directory is not empty
+
+    monkeypatch.setattr(loading.os, "replace", other_process_wins)
+    model, tok = load_model("smollm2-135m")
+    target = tmp_path / "models" / "smollm2-135m"
+    assert (target / "config.json").exists()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["smollm2-135m"]  # no leftovers
+    assert model.config.num_hidden_layers == 30 and tok("Paris").input_ids
