@@ -171,14 +171,15 @@ def check_options(opts: StudyOptions) -> None:
         cls().replace(**opts.overrides)
 
 
-def _editor(model, tok, combo: Combination, opts: StudyOptions, target_cache):
+def _editor(model, tok, combo: Combination, opts: StudyOptions, target_cache,
+            progress: bool = False):
     from massedit.editor import Editor
     from massedit.stats import StatsSpec
 
     return Editor(model, tok, combo.method, objective=combo.objective,
                   distribution=combo.distribution,
                   stats=StatsSpec(corpus=opts.stats_corpus, tokens=opts.stats_tokens),
-                  progress=False, target_cache=target_cache,
+                  progress=progress, target_cache=target_cache,
                   **{**opts.overrides, "seed": str(combo.seed)})
 
 
@@ -210,10 +211,13 @@ def run_combination(model, tok, cases: Sequence[EvalCase], reference: Reference,
         batches = [list(range(lo, min(lo + combo.batch_size, len(cases))))
                    for lo in range(0, len(cases), combo.batch_size)]
     rows: list[dict[str, Any]] = []
+    # One batch (the largest size, or a sequential run): the editor's own bars (target steps,
+    # sequential batches) are the only sign of progress in a step that can take many minutes.
+    single = len(batches) == 1
     for indices in tqdm(batches, desc=combo.label, unit="batch", leave=False,
-                        disable=not opts.progress or len(batches) == 1):
+                        disable=not opts.progress or single):
         # A fresh editor per batch in batch mode: no keys of an earlier (reverted) batch leak in.
-        editor = _editor(model, tok, combo, opts, target_cache)
+        editor = _editor(model, tok, combo, opts, target_cache, opts.progress and single)
         editor.moments()
         editor.prefixes()  # both outside the timed edit
         requests = [cases[i].request for i in indices]
