@@ -76,6 +76,8 @@ def test_method_flips_toy_facts_and_keeps_others(method, toy, stats_dir):
         finally:
             patch.revert(model)
     assert toy_accuracy(model, tok, unrelated, before) == 1.0  # reverted exactly
-    assert efficacy >= 0.9, f"{method}: edited prompts flipped {efficacy:.0%}"
-    assert generalisation >= 0.9, f"{method}: other phrasings flipped {generalisation:.0%}"
-    assert locality >= 0.9, f"{method}: other subjects' facts kept {locality:.0%}"
+    # The shares are float32 means: 9 of 10 is 0.89999998, which must count as 90%.
+    floor = 0.9 - 1e-6
+    assert efficacy >= floor, f"{method}: edited prompts flipped {efficacy:.0%}"
+    assert generalisation >= floor, f"{method}: other phrasings flipped {generalisation:.0%}"
+    assert locality >= floor, f"{method}: other subjects' facts kept {locality:.0%}"

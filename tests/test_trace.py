@@ -56,7 +56,7 @@ def test_restoring_the_subjects_last_token_where_facts_live_recovers_the_answer(
     layers = list(TOY_EDIT_LAYERS["gpt2"])  # where edits work: the facts' layers
     shares = []
     for trace in toy_traces:
-        assert trace.answer_predicted and trace.clean_prob > 0.9
+        assert trace.answer_predicted and trace.clean_prob > 0.8  # a fact the model knows
         assert trace.corrupted_prob < 0.5 * trace.clean_prob  # the noise does hide the subject
         span = trace.clean_prob - trace.corrupted_prob
         scores = trace.kinds["hidden"].scores  # (tokens, layers)
