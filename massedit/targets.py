@@ -25,6 +25,13 @@ from tqdm.auto import tqdm
 from massedit.config import EditHparams
 from massedit.hooks import edit_output, record_block_outputs, replay_blocks
 from massedit.requests import EditRequest
+from massedit.target_suffix import (
+    SuffixPlan,
+    block_value,
+    cache_of,
+    plan_suffix,
+    suffix_hidden,
+)
 from massedit.tokens import encode_target, encode_with_subject, pad_id_of, pad_right
 
 logger = logging.getLogger(__name__)
@@ -131,7 +138,48 @@ def _selected_logits(model, batch: dict, picks) -> list[torch.Tensor]:
         logits = model(**batch, use_cache=False).logits  # (rows, dec_len, vocab)
         return [logits[rows, pos].float() for rows, pos in picks]
     hidden = model.base_model(**batch, use_cache=False).last_hidden_state  # (rows, seq, d)
+    return _picked_logits(model, hidden, picks)
+
+
+def _picked_logits(model, hidden: torch.Tensor, picks) -> list[torch.Tensor]:
+    """Decoder-only: LM-head logits of ``hidden`` (rows, seq, d) at each pick."""
     return [_head(model, hidden[rows, pos]) for rows, pos in picks]
+
+
+def _logits_and_cache(model, batch: dict, picks) -> tuple[list[torch.Tensor], object]:
+    """Decoder-only :func:`_selected_logits` that also returns the pass's key/value cache."""
+    out = model.base_model(**batch, use_cache=True)
+    return _picked_logits(model, out.last_hidden_state, picks), cache_of(out)
+
+
+def _checked_plan(model, layers_path: str, recorded: dict, rows: _Rows, picks, cache,
+                  full_logits: list[torch.Tensor]) -> SuffixPlan | None:
+    """A suffix plan for a group, if it reproduces the full pass's logits (at δ = 0) here."""
+    upto = max(recorded)
+    try:
+        plan = plan_suffix(cache, rows.batch, rows.subj_pos, picks)
+        if plan is None:
+            return None
+        value = block_value(plan, _first(recorded[upto]))
+        with torch.no_grad(), replay_blocks(model, layers_path, recorded, value):
+            logits = _picked_logits(model, suffix_hidden(model, plan), plan.picks)
+    except Exception as err:  # noqa: BLE001 - any model the shortcut does not fit runs full rows
+        logger.info("targets: every position runs (prefix cache not usable: %s)", err)
+        return None
+    tol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
+    for full, fast in zip(full_logits, logits, strict=True):
+        full = full.detach()
+        gap = float((full - fast).abs().max()) / (1.0 + float(full.abs().max()))
+        if gap > tol:
+            logger.info("targets: every position runs (suffix pass differs by %.2g)", gap)
+            return None
+    logger.debug("targets: above the edit block, %d of %d positions per row run",
+                 plan.suffix_len, plan.full_len)
+    return plan
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
 
 
 def _rows_builder(model):
@@ -142,6 +190,13 @@ def _rows_builder(model):
         return lambda tok, requests, prefixes, device: build_seq2seq_rows(
             model, tok, requests, prefixes, device)
     return _build_rows
+
+
+def _at_first_slot(value: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``delta`` (rows, d) placed at slot 0 of every row of a zero tensor shaped like ``value``."""
+    upd = torch.zeros_like(value)  # (rows, S, d)
+    upd[:, 0] = delta.to(value.dtype)
+    return upd
 
 
 def _groups(n_requests: int, rows_per_request: int, batch_rows: int) -> list[list[int]]:
@@ -158,11 +213,14 @@ def compute_targets(
     hp: EditHparams,
     progress: bool = True,
     replay: bool = True,
+    suffix: bool = True,
 ) -> TargetResult:
     """Optimise all requests' ``δ`` together; ``block_name`` is the last edit layer's block.
 
     With ``replay`` the blocks up to ``block_name`` run once; later steps reuse their output
-    (they cannot depend on δ), which saves that share of every forward pass.
+    (they cannot depend on δ), which saves that share of every forward pass. With ``suffix``
+    too (decoder-only models), the blocks above run only from each row's subject token on,
+    reading the earlier positions' keys and values from the first pass (:mod:`target_suffix`).
     """
     layers_path, _, layer = block_name.rpartition(".")
     device = next(model.parameters()).device
@@ -180,6 +238,8 @@ def compute_targets(
     last_nll = torch.full((n,), float("nan"))
     frozen = torch.zeros_like(delta)
     recorded: list[dict] = [{} for _ in groups]  # per group: block outputs 0..L at δ = 0
+    plans: list[SuffixPlan | None] = [None] * len(groups)
+    use_suffix = replay and suffix and not model.config.is_encoder_decoder
     bar = tqdm(range(hp.v_num_grad_steps), desc="targets", disable=not progress, leave=False)
     for it in bar:
         opt.zero_grad(set_to_none=False)
@@ -201,11 +261,25 @@ def compute_targets(
             kl_rows = torch.arange(r.n_rewrite, r.n_rewrite + len(idx), device=device)
             kl_pos = r.kl_pos if r.kl_pos is not None else r.subj_pos[kl_rows]
             picks = [(r.tgt_row, r.tgt_pos), (kl_rows, kl_pos)]
-            if replay and recorded[g]:
-                cached = recorded[g][int(layer)]
-                cached = cached[0] if isinstance(cached, tuple) else cached  # (rows, seq, d)
+            if plans[g] is not None:
+                plan = plans[g]
+                value = block_value(plan, _first(recorded[g][int(layer)]))  # (rows, S, d)
+                value = value + _at_first_slot(value, d_local[r.row_req])
+                with replay_blocks(model, layers_path, recorded[g], value):
+                    hidden = suffix_hidden(model, plan)  # (rows, S, d)
+                tgt_logits, kl_logits = _picked_logits(model, hidden, plan.picks)
+            elif replay and recorded[g]:
+                cached = _first(recorded[g][int(layer)])  # (rows, seq, d)
                 with replay_blocks(model, layers_path, recorded[g], add_delta(cached)):
                     tgt_logits, kl_logits = _selected_logits(model, r.batch, picks)
+            elif use_suffix:
+                with record_block_outputs(model, layers_path, int(layer)) as rec, \
+                        edit_output(model, block_name, add_delta):
+                    (tgt_logits, kl_logits), cache = _logits_and_cache(model, r.batch, picks)
+                recorded[g] = dict(rec)
+                plans[g] = _checked_plan(model, layers_path, recorded[g], r, picks, cache,
+                                         [tgt_logits, kl_logits])
+                del cache
             elif replay:
                 with record_block_outputs(model, layers_path, int(layer)) as rec, \
                         edit_output(model, block_name, add_delta):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -88,3 +90,58 @@ def test_replaying_lower_blocks_changes_nothing(model_type):
     assert not torch.equal(fast.z, fast.h)
     # The real blocks are back in place afterwards.
     assert type(get_module(model, adapter.block_name(0))).__name__ != "_Replay"
+
+
+# Adapters whose caches and masks the suffix shortcut fits (transformers 5); the others
+# (mistral: its sliding-window cache keeps a window, not our left-padded prefix) run full rows.
+SUFFIX_FITS = ("gpt2", "gptj", "gpt_neox", "llama", "qwen2", "gemma3_text")
+
+
+def _suffix_sizes(caplog) -> list[tuple[int, int]]:
+    return [tuple(r.args) for r in caplog.records if "positions per row run" in r.getMessage()]
+
+
+@pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
+def test_running_only_the_suffix_above_the_edit_block_changes_nothing(model_type, caplog):
+    """Above block L only positions from the subject token on can see δ (DESIGN §11): running
+    just those, with the earlier positions' keys and values cached, gives the full rows' targets."""
+    model, tok = tiny_model(model_type)
+    hp = EditHparams(layers=(2,), v_num_grad_steps=4, early_stop_loss=0.0)
+    block = get_adapter(model).block_name(2)
+    with caplog.at_level(logging.DEBUG, logger="massedit.targets"):
+        fast = compute_targets(model, tok, REQUESTS, PREFIXES, block, hp, progress=False)
+    full = compute_targets(model, tok, REQUESTS, PREFIXES, block, hp, progress=False,
+                           suffix=False)
+    sizes = _suffix_sizes(caplog)
+    if model_type in SUFFIX_FITS:
+        assert sizes and all(suffix < whole for suffix, whole in sizes)
+    else:
+        assert not sizes
+    assert torch.allclose(fast.z, full.z, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(fast.nll, full.nll, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(fast.z, fast.h)
+
+
+def test_a_suffix_pass_that_disagrees_with_full_rows_is_not_used(monkeypatch, caplog):
+    """The shortcut is checked against the first full pass; if it does not reproduce it (here:
+    suffix tokens given the wrong rotary positions), the optimisation runs full rows."""
+    import massedit.targets as targets_module
+
+    real = targets_module.plan_suffix
+
+    def shifted(*args, **kwargs):
+        plan = real(*args, **kwargs)
+        plan.batch["position_ids"] = plan.batch["position_ids"] + 3
+        return plan
+
+    monkeypatch.setattr(targets_module, "plan_suffix", shifted)
+    model, tok = tiny_model("llama")
+    hp = EditHparams(layers=(2,), v_num_grad_steps=4, early_stop_loss=0.0)
+    with caplog.at_level(logging.DEBUG, logger="massedit.targets"):
+        checked = compute_targets(model, tok, REQUESTS, PREFIXES, "model.layers.2", hp,
+                                  progress=False)
+    assert not _suffix_sizes(caplog)
+    assert any("suffix pass differs" in r.getMessage() for r in caplog.records)
+    full = compute_targets(model, tok, REQUESTS, PREFIXES, "model.layers.2", hp,
+                           progress=False, suffix=False)
+    assert torch.allclose(checked.z, full.z, rtol=1e-6, atol=1e-7)
