@@ -3,7 +3,8 @@ the positions δ can change (suffix rows above the edit block) vs full rows, sam
 
     python benchmarks/targets_batched.py --n 10 30
 
-Early stopping is switched off so every run takes exactly the same number of gradient steps.
+Early stopping is switched off so every run takes exactly the same number of gradient steps;
+``--early-stop`` keeps the preset's (then requests that stop leave the batch on the suffix path).
 Four runs per n:
   batched        all requests together, lower blocks replayed, suffix rows above (the default)
   batched_full   all requests together, lower blocks replayed, full rows above
@@ -36,6 +37,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[10, 30])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--early-stop", action="store_true",
+                    help="keep the preset's early_stop_loss instead of running every step")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -44,7 +47,9 @@ def main() -> None:
     editor = Editor(model, tok, method="memit", progress=False,
                     stats=StatsSpec(corpus="../shared/data/wikitext-2/valid.txt"))
     prefixes = editor.prefixes()
-    hp = editor.hparams.replace(v_num_grad_steps=args.steps, early_stop_loss=0.0)
+    hp = editor.hparams.replace(v_num_grad_steps=args.steps)
+    if not args.early_stop:
+        hp = hp.replace(early_stop_loss=0.0)
     block = editor.adapter.block_name(editor.layers[-1])
     def timed(requests_per_call, **kwargs):
         t0 = time.perf_counter()
@@ -64,6 +69,8 @@ def main() -> None:
         nll_single = torch.stack([s.nll[0] for s in single])
         row = {
             "n": n, "steps": args.steps, "prefixes": len(prefixes),
+            "early_stop_loss": hp.early_stop_loss,
+            "mean_steps_taken": float(batched.steps.float().mean()),
             "batched_s_per_edit": round(t_batched / n, 3),
             "batched_full_s_per_edit": round(t_full / n, 3),
             "single_s_per_edit": round(t_single / n, 3),

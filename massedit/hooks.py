@@ -82,6 +82,23 @@ def stop_after(model: nn.Module, name: str) -> Iterator[None]:
         handle.remove()
 
 
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Parameters that require gradients stop doing so while the context is open.
+
+    Optimising an input (a target's δ) needs gradients of activations only; trainable weights
+    would make every backward pass also compute (and accumulate) weight gradients.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in trainable:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
 def run_until(model: nn.Module, batch: dict) -> None:
     """Run a forward pass that a :func:`stop_after` hook is expected to cut short."""
     try:

@@ -35,10 +35,28 @@ class SuffixPlan:
     picks: Picks  # the caller's (rows, positions) picks in suffix coordinates
     prefix_len: int  # P
     full_len: int  # T, the full rows' padded length
+    row_index: torch.Tensor | None = None  # (rows',) the group's rows this plan runs; None: all
 
     @property
     def suffix_len(self) -> int:
         return int(self.take.shape[1])
+
+    def select(self, keep: torch.Tensor) -> tuple[SuffixPlan, list[torch.Tensor]]:
+        """The plan for the rows where ``keep`` (rows,) is set (requests that stopped leave the
+        batch), and for each pick list, which of its entries it still computes."""
+        renumber = torch.cumsum(keep, 0) - 1  # (rows,) new index of each kept row
+        picks, kept = [], []
+        for rows, pos in self.picks:
+            survives = keep[rows]
+            picks.append((renumber[rows[survives]], pos[survives]))
+            kept.append(survives)
+        plan = SuffixPlan(
+            cache=_map_cache(self.cache, lambda kv: kv[keep]),
+            batch={name: value[keep] for name, value in self.batch.items()},
+            take=self.take[keep], picks=picks, prefix_len=self.prefix_len,
+            full_len=self.full_len, row_index=keep.nonzero()[:, 0],
+        )
+        return plan, kept
 
 
 def _map_cache(cache, fn: Callable[[torch.Tensor], torch.Tensor]):
@@ -119,5 +137,7 @@ def suffix_hidden(model, plan: SuffixPlan) -> torch.Tensor:
 def block_value(plan: SuffixPlan, full_output: torch.Tensor) -> torch.Tensor:
     """Block ``L``'s recorded full-row output (rows, T, d) at the suffix slots: (rows, S, d);
     the subject token is slot 0 of every row."""
+    if plan.row_index is not None:
+        full_output = full_output[plan.row_index]
     index = plan.take[:, :, None].expand(-1, -1, full_output.shape[-1])
     return full_output.gather(1, index)

@@ -9,8 +9,8 @@ prefix of its prompt and in its KL prompt "{subject} is a". Each request's loss 
 
 and the total is the plain *sum* over requests, so every δ_i sees exactly the gradient it would
 see alone (Adam is element-wise): a batched run equals n separate runs. Requests stop on their own
-(loss below ``early_stop_loss``) and their rows leave the batch. Logits are computed only at the
-positions the loss reads.
+(loss below ``early_stop_loss``) and, on the suffix path, their rows leave the batch. Logits are
+computed only at the positions the loss reads.
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ import torch
 from tqdm.auto import tqdm
 
 from massedit.config import EditHparams
-from massedit.hooks import edit_output, record_block_outputs, replay_blocks
+from massedit.hooks import (
+    edit_output,
+    frozen_parameters,
+    record_block_outputs,
+    replay_blocks,
+)
 from massedit.requests import EditRequest
 from massedit.target_suffix import (
     SuffixPlan,
@@ -199,6 +204,13 @@ def _at_first_slot(value: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return upd
 
 
+def _spread(values: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+    """``values`` for the set entries of ``kept`` (n,), zeros elsewhere; differentiable."""
+    if kept is None:
+        return values
+    return values.new_zeros(kept.shape[0]).index_put((kept.nonzero()[:, 0],), values)
+
+
 def _groups(n_requests: int, rows_per_request: int, batch_rows: int) -> list[list[int]]:
     per = max(1, batch_rows // rows_per_request)
     return [list(range(lo, min(n_requests, lo + per))) for lo in range(0, n_requests, per)]
@@ -221,7 +233,13 @@ def compute_targets(
     (they cannot depend on δ), which saves that share of every forward pass. With ``suffix``
     too (decoder-only models), the blocks above run only from each row's subject token on,
     reading the earlier positions' keys and values from the first pass (:mod:`target_suffix`).
+    The model's parameters do not require gradients meanwhile (only δ is differentiated).
     """
+    with frozen_parameters(model):
+        return _optimise(model, tok, requests, prefixes, block_name, hp, progress, replay, suffix)
+
+
+def _optimise(model, tok, requests, prefixes, block_name, hp, progress, replay, suffix):
     layers_path, _, layer = block_name.rpartition(".")
     device = next(model.parameters()).device
     n = len(requests)
@@ -261,12 +279,17 @@ def compute_targets(
             kl_rows = torch.arange(r.n_rewrite, r.n_rewrite + len(idx), device=device)
             kl_pos = r.kl_pos if r.kl_pos is not None else r.subj_pos[kl_rows]
             picks = [(r.tgt_row, r.tgt_pos), (kl_rows, kl_pos)]
+            tgt_kept = kl_kept = None  # which picks were computed; None: all of them
             if plans[g] is not None:
+                keep = (~done[idx_t])[r.row_req]  # (rows,) rows of requests still optimising
                 plan = plans[g]
-                value = block_value(plan, _first(recorded[g][int(layer)]))  # (rows, S, d)
-                value = value + _at_first_slot(value, d_local[r.row_req])
+                if not bool(keep.all()):
+                    plan, (tgt_kept, kl_kept) = plan.select(keep)
+                row_req = r.row_req if plan.row_index is None else r.row_req[plan.row_index]
+                value = block_value(plan, _first(recorded[g][int(layer)]))  # (rows', S, d)
+                value = value + _at_first_slot(value, d_local[row_req])
                 with replay_blocks(model, layers_path, recorded[g], value):
-                    hidden = suffix_hidden(model, plan)  # (rows, S, d)
+                    hidden = suffix_hidden(model, plan)  # (rows', S, d)
                 tgt_logits, kl_logits = _picked_logits(model, hidden, plan.picks)
             elif replay and recorded[g]:
                 cached = _first(recorded[g][int(layer)])  # (rows, seq, d)
@@ -292,15 +315,18 @@ def compute_targets(
                 plain = torch.arange(0, r.n_rewrite, len(prefixes), device=device)
                 h[idx_t] = captured["h"][plain]
             # NLL of target tokens, per rewrite row then averaged over prefixes.
-            logp = tgt_logits.log_softmax(-1)  # (n_tgt, vocab)
-            tok_lp = logp.gather(1, r.tgt_id[:, None])[:, 0]  # (n_tgt,)
+            # Rows of stopped requests may have left the batch: their entries count as 0.
+            logp = tgt_logits.log_softmax(-1)  # (n_tgt', vocab)
+            tgt_id = r.tgt_id if tgt_kept is None else r.tgt_id[tgt_kept]
+            tok_lp = _spread(logp.gather(1, tgt_id[:, None])[:, 0], tgt_kept)  # (n_tgt,)
             row_nll = torch.zeros(r.n_rewrite, device=device).index_add(0, r.tgt_row, -tok_lp)
             nll = (row_nll / r.tgt_len).view(len(idx), len(prefixes)).mean(1)  # (g,)
             # KL at the subject token of the KL prompt, against the unedited distribution.
-            kl_lp = kl_logits.log_softmax(-1)  # (g, vocab)
+            kl_lp = kl_logits.log_softmax(-1)  # (g', vocab)
             if kl_ref[g] is None:
                 kl_ref[g] = kl_lp.detach()
-            kl = (kl_lp.exp() * (kl_lp - kl_ref[g])).sum(-1)  # (g,) KL(P_δ ‖ P_0)
+            ref = kl_ref[g] if kl_kept is None else kl_ref[g][kl_kept]
+            kl = _spread((kl_lp.exp() * (kl_lp - ref)).sum(-1), kl_kept)  # (g,) KL(P_δ ‖ P_0)
             wd = hp.v_weight_decay * d_local.norm(dim=-1) / h[idx_t].norm(dim=-1) ** 2
             loss = nll + hp.kl_factor * kl + wd  # (g,)
             active = ~done[idx_t]

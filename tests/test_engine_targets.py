@@ -145,3 +145,49 @@ def test_a_suffix_pass_that_disagrees_with_full_rows_is_not_used(monkeypatch, ca
     full = compute_targets(model, tok, REQUESTS, PREFIXES, "model.layers.2", hp,
                            progress=False, suffix=False)
     assert torch.allclose(checked.z, full.z, rtol=1e-6, atol=1e-7)
+
+
+def test_requests_that_stop_leave_the_batch_and_the_others_are_unchanged(monkeypatch):
+    """On the suffix path a stopped request's rows are not run again; the requests still
+    optimising get exactly what full rows (where every row runs to the end) give them."""
+    import massedit.targets as targets_module
+
+    rows_run: list[int] = []
+    real = targets_module.suffix_hidden
+
+    def counted(model, plan):
+        rows_run.append(int(plan.batch["input_ids"].shape[0]))
+        return real(model, plan)
+
+    monkeypatch.setattr(targets_module, "suffix_hidden", counted)
+    model, tok = tiny_model("llama")
+    block = "model.layers.2"
+    hp = EditHparams(layers=(2,), v_num_grad_steps=6)
+    start = compute_targets(model, tok, REQUESTS, PREFIXES, block,
+                            hp.replace(v_num_grad_steps=1), progress=False).nll  # (3,) at δ = 0
+    threshold = float(start.min() + (start.sort().values[1] - start.min()) / 2)
+    rows_run.clear()
+    fast = compute_targets(model, tok, REQUESTS, PREFIXES, block,
+                           hp.replace(early_stop_loss=threshold), progress=False)
+    full = compute_targets(model, tok, REQUESTS, PREFIXES, block,
+                           hp.replace(early_stop_loss=threshold), progress=False, suffix=False)
+    per_request = len(PREFIXES) + 1
+    # First the check pass (all rows), then steps without the request that stopped at once.
+    assert rows_run[0] == len(REQUESTS) * per_request
+    assert rows_run[1] == (len(REQUESTS) - 1) * per_request
+    assert all(n <= rows_run[1] for n in rows_run[1:])
+    assert torch.equal(fast.steps, full.steps)
+    assert torch.allclose(fast.z, full.z, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(fast.nll, full.nll, rtol=1e-5, atol=1e-6)
+
+
+def test_trainable_weights_get_no_gradients_and_stay_trainable():
+    """A model passed in trainable (not through load_model): only δ is differentiated, so no
+    weight gradient is computed, and the weights are trainable again afterwards."""
+    model, tok = tiny_model("gpt2")
+    model.requires_grad_(True)
+    hp = EditHparams(layers=(1,), v_num_grad_steps=3, early_stop_loss=0.0)
+    res = compute_targets(model, tok, REQUESTS, PREFIXES, "transformer.h.1", hp, progress=False)
+    assert not torch.equal(res.z, res.h)
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())
