@@ -68,6 +68,8 @@ def _map_cache(cache, fn: Callable[[torch.Tensor], torch.Tensor]):
         new.layers = [copy.copy(layer) for layer in cache.layers]
         for layer in new.layers:
             layer.keys, layer.values = fn(layer.keys), fn(layer.values)
+            if hasattr(layer, "cumulative_length"):  # sliding-window layers count positions
+                layer.cumulative_length = layer.keys.shape[-2]
     else:  # older DynamicCache: parallel lists
         new.key_cache = [fn(k) for k in cache.key_cache]
         new.value_cache = [fn(v) for v in cache.value_cache]

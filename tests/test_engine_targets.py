@@ -92,11 +92,6 @@ def test_replaying_lower_blocks_changes_nothing(model_type):
     assert type(get_module(model, adapter.block_name(0))).__name__ != "_Replay"
 
 
-# Adapters whose caches and masks the suffix shortcut fits (transformers 5); the others
-# (mistral: its sliding-window cache keeps a window, not our left-padded prefix) run full rows.
-SUFFIX_FITS = ("gpt2", "gptj", "gpt_neox", "llama", "qwen2", "gemma3_text")
-
-
 def _suffix_sizes(caplog) -> list[tuple[int, int]]:
     return [tuple(r.args) for r in caplog.records if "positions per row run" in r.getMessage()]
 
@@ -112,11 +107,8 @@ def test_running_only_the_suffix_above_the_edit_block_changes_nothing(model_type
         fast = compute_targets(model, tok, REQUESTS, PREFIXES, block, hp, progress=False)
     full = compute_targets(model, tok, REQUESTS, PREFIXES, block, hp, progress=False,
                            suffix=False)
-    sizes = _suffix_sizes(caplog)
-    if model_type in SUFFIX_FITS:
-        assert sizes and all(suffix < whole for suffix, whole in sizes)
-    else:
-        assert not sizes
+    sizes = _suffix_sizes(caplog)  # every adapter's cache fits the shortcut (transformers 5)
+    assert sizes and all(suffix < whole for suffix, whole in sizes)
     assert torch.allclose(fast.z, full.z, rtol=1e-5, atol=1e-6)
     assert torch.allclose(fast.nll, full.nll, rtol=1e-5, atol=1e-6)
     assert not torch.equal(fast.z, fast.h)
