@@ -15,7 +15,6 @@ computed only at the positions the loss reads.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,23 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 from massedit.config import EditHparams
-from massedit.hooks import (
-    edit_output,
-    frozen_parameters,
-    record_block_outputs,
-    replay_blocks,
-)
+from massedit.hooks import frozen_parameters
 from massedit.requests import EditRequest
-from massedit.target_suffix import (
-    SuffixPlan,
-    block_value,
-    cache_of,
-    plan_suffix,
-    suffix_hidden,
-)
+from massedit.target_pass import GroupPass
 from massedit.tokens import encode_target, encode_with_subject, pad_id_of, pad_right
-
-logger = logging.getLogger(__name__)
 
 KL_PROMPT = "{} is a"
 
@@ -126,67 +112,6 @@ def _build_rows(tok, requests, prefixes, device) -> _Rows:
     )
 
 
-def _head(model, hidden: torch.Tensor) -> torch.Tensor:
-    """LM-head logits for selected hidden states (k, d) -> (k, vocab), fp32."""
-    logits = model.get_output_embeddings()(hidden).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
-
-
-def _selected_logits(model, batch: dict, picks) -> list[torch.Tensor]:
-    """fp32 logits ``(k, vocab)`` at each ``(rows, positions)`` pick of the sequence the LM head
-    reads. Encoder-decoder models run their own head (T5's tied-head scaling, BART/Marian's
-    final_logits_bias); their decoder sequences are short, so full logits cost little."""
-    if model.config.is_encoder_decoder:
-        logits = model(**batch, use_cache=False).logits  # (rows, dec_len, vocab)
-        return [logits[rows, pos].float() for rows, pos in picks]
-    hidden = model.base_model(**batch, use_cache=False).last_hidden_state  # (rows, seq, d)
-    return _picked_logits(model, hidden, picks)
-
-
-def _picked_logits(model, hidden: torch.Tensor, picks) -> list[torch.Tensor]:
-    """Decoder-only: LM-head logits of ``hidden`` (rows, seq, d) at each pick."""
-    return [_head(model, hidden[rows, pos]) for rows, pos in picks]
-
-
-def _logits_and_cache(model, batch: dict, picks) -> tuple[list[torch.Tensor], object]:
-    """Decoder-only :func:`_selected_logits` that also returns the pass's key/value cache."""
-    out = model.base_model(**batch, use_cache=True)
-    return _picked_logits(model, out.last_hidden_state, picks), cache_of(out)
-
-
-def _checked_plan(model, layers_path: str, recorded: dict, rows: _Rows, picks, cache,
-                  full_logits: list[torch.Tensor]) -> SuffixPlan | None:
-    """A suffix plan for a group, if it reproduces the full pass's logits (at δ = 0) here."""
-    upto = max(recorded)
-    try:
-        plan = plan_suffix(cache, rows.batch, rows.subj_pos, picks)
-        if plan is None:
-            return None
-        value = block_value(plan, _first(recorded[upto]))
-        with torch.no_grad(), replay_blocks(model, layers_path, recorded, value):
-            logits = _picked_logits(model, suffix_hidden(model, plan), plan.picks)
-    except Exception as err:  # noqa: BLE001 - any model the shortcut does not fit runs full rows
-        logger.info("targets: every position runs (prefix cache not usable: %s)", err)
-        return None
-    tol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
-    for full, fast in zip(full_logits, logits, strict=True):
-        full = full.detach()
-        gap = float((full - fast).abs().max()) / (1.0 + float(full.abs().max()))
-        if gap > tol:
-            logger.info("targets: every position runs (suffix pass differs by %.2g)", gap)
-            return None
-    logger.debug("targets: above the edit block, %d of %d positions per row run",
-                 plan.suffix_len, plan.full_len)
-    return plan
-
-
-def _first(x):
-    return x[0] if isinstance(x, tuple) else x
-
-
 def _rows_builder(model):
     """How a group's token rows are built: prompt + target, or source -> decoder (seq2seq)."""
     if model.config.is_encoder_decoder:
@@ -195,13 +120,6 @@ def _rows_builder(model):
         return lambda tok, requests, prefixes, device: build_seq2seq_rows(
             model, tok, requests, prefixes, device)
     return _build_rows
-
-
-def _at_first_slot(value: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """``delta`` (rows, d) placed at slot 0 of every row of a zero tensor shaped like ``value``."""
-    upd = torch.zeros_like(value)  # (rows, S, d)
-    upd[:, 0] = delta.to(value.dtype)
-    return upd
 
 
 def _spread(values: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
@@ -227,120 +145,79 @@ def compute_targets(
     replay: bool = True,
     suffix: bool = True,
 ) -> TargetResult:
-    """Optimise all requests' ``δ`` together; ``block_name`` is the last edit layer's block.
+    """Optimise all requests' ``δ``; ``block_name`` is the last edit layer's block.
 
-    With ``replay`` the blocks up to ``block_name`` run once; later steps reuse their output
-    (they cannot depend on δ), which saves that share of every forward pass. With ``suffix``
-    too (decoder-only models), the blocks above run only from each row's subject token on,
-    reading the earlier positions' keys and values from the first pass (:mod:`target_suffix`).
-    The model's parameters do not require gradients meanwhile (only δ is differentiated).
+    Requests are optimised in groups of at most ``hp.batch_rows`` rows, one group after the
+    other, so memory stays that of one group however many requests there are (each request's
+    δ is independent of the others', so the order changes nothing). With ``replay`` the blocks
+    up to ``block_name`` run once per group; later steps reuse their output (they cannot depend
+    on δ). With ``suffix`` too (decoder-only models), the blocks above run only from each row's
+    subject token on (:mod:`massedit.target_suffix`). The model's parameters do not require
+    gradients meanwhile (only δ is differentiated).
     """
-    with frozen_parameters(model):
-        return _optimise(model, tok, requests, prefixes, block_name, hp, progress, replay, suffix)
-
-
-def _optimise(model, tok, requests, prefixes, block_name, hp, progress, replay, suffix):
-    layers_path, _, layer = block_name.rpartition(".")
+    groups = _groups(len(requests), len(prefixes) + 1, hp.batch_rows)
+    build = _rows_builder(model)
     device = next(model.parameters()).device
-    n = len(requests)
+    bar = tqdm(total=len(groups) * hp.v_num_grad_steps, desc="targets", disable=not progress,
+               leave=False)
+    parts = []
+    with frozen_parameters(model), bar:
+        for idx in groups:
+            rows = build(tok, [requests[i] for i in idx], prefixes, device)
+            group = GroupPass(model, rows, len(idx), block_name, replay=replay, suffix=suffix)
+            parts.append(_optimise_group(group, len(prefixes), hp, bar))
+    return TargetResult(z=torch.cat([p.z for p in parts]), h=torch.cat([p.h for p in parts]),
+                        nll=torch.cat([p.nll for p in parts]),
+                        steps=torch.cat([p.steps for p in parts]))
+
+
+def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> TargetResult:
+    """Adam on one group's δ until every request stops or the steps run out."""
+    r, n = group.rows, group.n_requests
+    model = group.model
+    device = next(model.parameters()).device
     d_model = model.get_output_embeddings().weight.shape[1]
     delta = torch.zeros(n, d_model, device=device, requires_grad=True)  # (n, d_model)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    groups = _groups(n, len(prefixes) + 1, hp.batch_rows)
-    build = _rows_builder(model)
-    rows = [build(tok, [requests[i] for i in g], prefixes, device) for g in groups]
     h = torch.zeros(n, d_model, device=device)  # block output at plain prompt, δ = 0
-    kl_ref: list[torch.Tensor | None] = [None] * len(groups)
+    kl_ref = None
     done = torch.zeros(n, dtype=torch.bool, device=device)
     steps = torch.zeros(n, dtype=torch.long)
     last_nll = torch.full((n,), float("nan"))
     frozen = torch.zeros_like(delta)
-    recorded: list[dict] = [{} for _ in groups]  # per group: block outputs 0..L at δ = 0
-    plans: list[SuffixPlan | None] = [None] * len(groups)
-    use_suffix = replay and suffix and not model.config.is_encoder_decoder
-    bar = tqdm(range(hp.v_num_grad_steps), desc="targets", disable=not progress, leave=False)
-    for it in bar:
+    for it in range(hp.v_num_grad_steps):
         opt.zero_grad(set_to_none=False)
-        for g, (idx, r) in enumerate(zip(groups, rows, strict=True)):
-            idx_t = torch.tensor(idx, device=device)
-            if bool(done[idx_t].all()):
-                continue
-            d_local = delta[idx_t]  # (g, d)
-            captured = {}
-
-            def add_delta(out, r=r, d_local=d_local, captured=captured):
-                ar = torch.arange(out.shape[0], device=out.device)
-                if "h" not in captured:
-                    captured["h"] = out[ar, r.subj_pos].detach().float()  # (rows, d)
-                upd = torch.zeros_like(out)
-                upd[ar, r.subj_pos] = d_local[r.row_req].to(out.dtype)
-                return out + upd
-
-            kl_rows = torch.arange(r.n_rewrite, r.n_rewrite + len(idx), device=device)
-            kl_pos = r.kl_pos if r.kl_pos is not None else r.subj_pos[kl_rows]
-            picks = [(r.tgt_row, r.tgt_pos), (kl_rows, kl_pos)]
-            tgt_kept = kl_kept = None  # which picks were computed; None: all of them
-            if plans[g] is not None:
-                keep = (~done[idx_t])[r.row_req]  # (rows,) rows of requests still optimising
-                plan = plans[g]
-                if not bool(keep.all()):
-                    plan, (tgt_kept, kl_kept) = plan.select(keep)
-                row_req = r.row_req if plan.row_index is None else r.row_req[plan.row_index]
-                value = block_value(plan, _first(recorded[g][int(layer)]))  # (rows', S, d)
-                value = value + _at_first_slot(value, d_local[row_req])
-                with replay_blocks(model, layers_path, recorded[g], value):
-                    hidden = suffix_hidden(model, plan)  # (rows', S, d)
-                tgt_logits, kl_logits = _picked_logits(model, hidden, plan.picks)
-            elif replay and recorded[g]:
-                cached = _first(recorded[g][int(layer)])  # (rows, seq, d)
-                with replay_blocks(model, layers_path, recorded[g], add_delta(cached)):
-                    tgt_logits, kl_logits = _selected_logits(model, r.batch, picks)
-            elif use_suffix:
-                with record_block_outputs(model, layers_path, int(layer)) as rec, \
-                        edit_output(model, block_name, add_delta):
-                    (tgt_logits, kl_logits), cache = _logits_and_cache(model, r.batch, picks)
-                recorded[g] = dict(rec)
-                plans[g] = _checked_plan(model, layers_path, recorded[g], r, picks, cache,
-                                         [tgt_logits, kl_logits])
-                del cache
-            elif replay:
-                with record_block_outputs(model, layers_path, int(layer)) as rec, \
-                        edit_output(model, block_name, add_delta):
-                    tgt_logits, kl_logits = _selected_logits(model, r.batch, picks)
-                recorded[g] = dict(rec)
-            else:
-                with edit_output(model, block_name, add_delta):
-                    tgt_logits, kl_logits = _selected_logits(model, r.batch, picks)
-            if it == 0:
-                plain = torch.arange(0, r.n_rewrite, len(prefixes), device=device)
-                h[idx_t] = captured["h"][plain]
-            # NLL of target tokens, per rewrite row then averaged over prefixes.
-            # Rows of stopped requests may have left the batch: their entries count as 0.
-            logp = tgt_logits.log_softmax(-1)  # (n_tgt', vocab)
-            tgt_id = r.tgt_id if tgt_kept is None else r.tgt_id[tgt_kept]
-            tok_lp = _spread(logp.gather(1, tgt_id[:, None])[:, 0], tgt_kept)  # (n_tgt,)
-            row_nll = torch.zeros(r.n_rewrite, device=device).index_add(0, r.tgt_row, -tok_lp)
-            nll = (row_nll / r.tgt_len).view(len(idx), len(prefixes)).mean(1)  # (g,)
-            # KL at the subject token of the KL prompt, against the unedited distribution.
-            kl_lp = kl_logits.log_softmax(-1)  # (g', vocab)
-            if kl_ref[g] is None:
-                kl_ref[g] = kl_lp.detach()
-            ref = kl_ref[g] if kl_kept is None else kl_ref[g][kl_kept]
-            kl = _spread((kl_lp.exp() * (kl_lp - ref)).sum(-1), kl_kept)  # (g,) KL(P_δ ‖ P_0)
-            wd = hp.v_weight_decay * d_local.norm(dim=-1) / h[idx_t].norm(dim=-1) ** 2
-            loss = nll + hp.kl_factor * kl + wd  # (g,)
-            active = ~done[idx_t]
-            last_nll[idx] = torch.where(active, nll.detach(), last_nll[idx].to(device)).cpu()
-            finished = active & (loss.detach() < hp.early_stop_loss)
-            if bool(finished.any()):
-                newly = idx_t[finished]
-                done[newly] = True
-                frozen[newly] = delta.detach()[newly]
-            active = active & ~finished
-            if it < hp.v_num_grad_steps - 1 and bool(active.any()):
-                loss[active].sum().backward()
-                steps[idx_t[active].cpu()] += 1
+        out = group(delta, done)
+        if it == 0:
+            h = out.h[torch.arange(0, r.n_rewrite, n_prefixes, device=device)]  # plain prompts
+        # NLL of target tokens, per rewrite row then averaged over prefixes.
+        # Rows of stopped requests may have left the batch: their entries count as 0.
+        logp = out.tgt_logits.log_softmax(-1)  # (n_tgt', vocab)
+        tgt_id = r.tgt_id if out.tgt_kept is None else r.tgt_id[out.tgt_kept]
+        tok_lp = _spread(logp.gather(1, tgt_id[:, None])[:, 0], out.tgt_kept)  # (n_tgt,)
+        row_nll = torch.zeros(r.n_rewrite, device=device).index_add(0, r.tgt_row, -tok_lp)
+        nll = (row_nll / r.tgt_len).view(n, n_prefixes).mean(1)  # (n,)
+        # KL at the subject token of the KL prompt, against the unedited distribution.
+        kl_lp = out.kl_logits.log_softmax(-1)  # (n', vocab)
+        if kl_ref is None:
+            kl_ref = kl_lp.detach()
+        ref = kl_ref if out.kl_kept is None else kl_ref[out.kl_kept]
+        kl = _spread((kl_lp.exp() * (kl_lp - ref)).sum(-1), out.kl_kept)  # (n,) KL(P_δ ‖ P_0)
+        wd = hp.v_weight_decay * delta.norm(dim=-1) / h.norm(dim=-1) ** 2
+        loss = nll + hp.kl_factor * kl + wd  # (n,)
+        active = ~done
+        last_nll = torch.where(active, nll.detach(), last_nll.to(device)).cpu()
+        finished = active & (loss.detach() < hp.early_stop_loss)
+        if bool(finished.any()):
+            done[finished] = True
+            frozen[finished] = delta.detach()[finished]
+        active = active & ~finished
+        if it < hp.v_num_grad_steps - 1 and bool(active.any()):
+            loss[active].sum().backward()
+            steps[active.cpu()] += 1
+        bar.update(1)
         if bool(done.all()) or it == hp.v_num_grad_steps - 1:
+            bar.update(hp.v_num_grad_steps - 1 - it)
             break
         opt.step()
         with torch.no_grad():

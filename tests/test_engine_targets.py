@@ -103,7 +103,7 @@ def test_running_only_the_suffix_above_the_edit_block_changes_nothing(model_type
     model, tok = tiny_model(model_type)
     hp = EditHparams(layers=(2,), v_num_grad_steps=4, early_stop_loss=0.0)
     block = get_adapter(model).block_name(2)
-    with caplog.at_level(logging.DEBUG, logger="massedit.targets"):
+    with caplog.at_level(logging.DEBUG, logger="massedit.target_pass"):
         fast = compute_targets(model, tok, REQUESTS, PREFIXES, block, hp, progress=False)
     full = compute_targets(model, tok, REQUESTS, PREFIXES, block, hp, progress=False,
                            suffix=False)
@@ -117,19 +117,19 @@ def test_running_only_the_suffix_above_the_edit_block_changes_nothing(model_type
 def test_a_suffix_pass_that_disagrees_with_full_rows_is_not_used(monkeypatch, caplog):
     """The shortcut is checked against the first full pass; if it does not reproduce it (here:
     suffix tokens given the wrong rotary positions), the optimisation runs full rows."""
-    import massedit.targets as targets_module
+    import massedit.target_pass as target_pass
 
-    real = targets_module.plan_suffix
+    real = target_pass.plan_suffix
 
     def shifted(*args, **kwargs):
         plan = real(*args, **kwargs)
         plan.batch["position_ids"] = plan.batch["position_ids"] + 3
         return plan
 
-    monkeypatch.setattr(targets_module, "plan_suffix", shifted)
+    monkeypatch.setattr(target_pass, "plan_suffix", shifted)
     model, tok = tiny_model("llama")
     hp = EditHparams(layers=(2,), v_num_grad_steps=4, early_stop_loss=0.0)
-    with caplog.at_level(logging.DEBUG, logger="massedit.targets"):
+    with caplog.at_level(logging.DEBUG, logger="massedit.target_pass"):
         checked = compute_targets(model, tok, REQUESTS, PREFIXES, "model.layers.2", hp,
                                   progress=False)
     assert not _suffix_sizes(caplog)
@@ -142,16 +142,16 @@ def test_a_suffix_pass_that_disagrees_with_full_rows_is_not_used(monkeypatch, ca
 def test_requests_that_stop_leave_the_batch_and_the_others_are_unchanged(monkeypatch):
     """On the suffix path a stopped request's rows are not run again; the requests still
     optimising get exactly what full rows (where every row runs to the end) give them."""
-    import massedit.targets as targets_module
+    import massedit.target_pass as target_pass
 
     rows_run: list[int] = []
-    real = targets_module.suffix_hidden
+    real = target_pass.suffix_hidden
 
     def counted(model, plan):
         rows_run.append(int(plan.batch["input_ids"].shape[0]))
         return real(model, plan)
 
-    monkeypatch.setattr(targets_module, "suffix_hidden", counted)
+    monkeypatch.setattr(target_pass, "suffix_hidden", counted)
     model, tok = tiny_model("llama")
     block = "model.layers.2"
     hp = EditHparams(layers=(2,), v_num_grad_steps=6)
@@ -183,3 +183,16 @@ def test_trainable_weights_get_no_gradients_and_stay_trainable():
     assert not torch.equal(res.z, res.h)
     assert all(p.requires_grad for p in model.parameters())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_groups_of_one_request_give_the_same_targets_as_one_group():
+    """Groups are optimised one after the other (memory of one group at a time); how requests
+    are grouped changes nothing."""
+    model, tok = tiny_model("qwen2")
+    hp = EditHparams(layers=(2,), v_num_grad_steps=5)
+    one_group = compute_targets(model, tok, REQUESTS, PREFIXES, "model.layers.2", hp,
+                                progress=False)
+    groups_of_one = compute_targets(model, tok, REQUESTS, PREFIXES, "model.layers.2",
+                                    hp.replace(batch_rows=1), progress=False)
+    assert torch.allclose(one_group.z, groups_of_one.z, rtol=1e-5, atol=1e-6)
+    assert torch.equal(one_group.steps, groups_of_one.steps)
