@@ -73,6 +73,8 @@ def _map_cache(cache, fn: Callable[[torch.Tensor], torch.Tensor]):
     else:  # older DynamicCache: parallel lists
         new.key_cache = [fn(k) for k in cache.key_cache]
         new.value_cache = [fn(v) for v in cache.value_cache]
+        if hasattr(new, "_seen_tokens") and new.key_cache:  # the length some versions track
+            new._seen_tokens = new.key_cache[0].shape[-2]
     return new
 
 
