@@ -10,7 +10,9 @@ noise samples, in four ways, and checks that all four give the same table:
 - ``one_per_pass_prefix``: the same, blocks below the restored layer replayed from the corrupted
   run;
 - ``batched_full``: ``--batch-size`` restorations per forward pass, every block recomputed;
-- ``batched`` (the default of ``massedit trace``): batched and replayed.
+- ``batched_prefix``: batched and replayed;
+- ``batched`` (the default of ``massedit trace``): batched, replayed, and each pass run only from
+  its restorations' first token on (earlier positions' keys/values from the corrupted run).
 
 The floor is one plain forward pass over the same number of rows (restorations x samples).
 """
@@ -32,11 +34,12 @@ from massedit.trace import load_known, predicted_facts, trace_fact
 logger = logging.getLogger("bench")
 
 SHARED = Path(os.environ.get("MASSEDIT_SHARED_DATA", Path(__file__).parents[2] / "shared/data"))
-MODES = {  # name: (batch size or None for --batch-size, reuse_prefix)
-    "one_per_pass": (1, False),
-    "one_per_pass_prefix": (1, True),
-    "batched_full": (None, False),
-    "batched": (None, True),
+MODES = {  # name: (batch size or None for --batch-size, reuse_prefix, suffix)
+    "one_per_pass": (1, False, False),
+    "one_per_pass_prefix": (1, True, False),
+    "batched_full": (None, False, False),
+    "batched_prefix": (None, True, False),
+    "batched": (None, True, True),
 }
 
 
@@ -81,11 +84,11 @@ def main() -> None:
                      "threads": torch.get_num_threads(), "modes": {}}
     tables = {}
     for mode in args.modes:
-        size, reuse = MODES[mode]
+        size, reuse, suffix = MODES[mode]
         t0 = time.perf_counter()
         trace = trace_fact(model, tok, fact["prompt"], fact["subject"], kinds=(args.kind,),
                            samples=args.samples, batch_size=size or args.batch_size,
-                           reuse_prefix=reuse)
+                           reuse_prefix=reuse, suffix=suffix)
         seconds = time.perf_counter() - t0
         tables[mode] = trace.kinds[args.kind].scores
         results["modes"][mode] = {"seconds": round(seconds, 2)}

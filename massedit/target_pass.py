@@ -26,7 +26,7 @@ from massedit.target_suffix import (
 logger = logging.getLogger(__name__)
 
 
-def _head(model, hidden: torch.Tensor) -> torch.Tensor:
+def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """LM-head logits for selected hidden states (k, d) -> (k, vocab), fp32."""
     logits = model.get_output_embeddings()(hidden).float()
     cap = getattr(model.config, "final_logit_softcapping", None)
@@ -37,7 +37,7 @@ def _head(model, hidden: torch.Tensor) -> torch.Tensor:
 
 def _picked_logits(model, hidden: torch.Tensor, picks) -> list[torch.Tensor]:
     """Decoder-only: LM-head logits of ``hidden`` (rows, seq, d) at each pick."""
-    return [_head(model, hidden[rows, pos]) for rows, pos in picks]
+    return [head_logits(model, hidden[rows, pos]) for rows, pos in picks]
 
 
 def _selected_logits(model, batch: dict, picks) -> list[torch.Tensor]:

@@ -51,7 +51,7 @@ class SuffixPlan:
             picks.append((renumber[rows[survives]], pos[survives]))
             kept.append(survives)
         plan = SuffixPlan(
-            cache=_map_cache(self.cache, lambda kv: kv[keep]),
+            cache=map_cache(self.cache, lambda kv: kv[keep]),
             batch={name: value[keep] for name, value in self.batch.items()},
             take=self.take[keep], picks=picks, prefix_len=self.prefix_len,
             full_len=self.full_len, row_index=keep.nonzero()[:, 0],
@@ -59,7 +59,7 @@ class SuffixPlan:
         return plan, kept
 
 
-def _map_cache(cache, fn: Callable[[torch.Tensor], torch.Tensor]):
+def map_cache(cache, fn: Callable[[torch.Tensor], torch.Tensor]):
     """A copy of ``cache`` with ``fn`` applied to every layer's keys and values."""
     # Shallow copies: the tensors are replaced, never written into (they may still be part of
     # the first pass's autograd graph, which deepcopy refuses).
@@ -125,7 +125,7 @@ def plan_suffix(
         "position_ids": positions,
     }
     suffix_picks = [(r, p - subj_pos[r]) for r, p in picks]
-    return SuffixPlan(_map_cache(full_cache, left_pad), suffix_batch, take, suffix_picks,
+    return SuffixPlan(map_cache(full_cache, left_pad), suffix_batch, take, suffix_picks,
                       prefix_len, full_len)
 
 

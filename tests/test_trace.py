@@ -73,10 +73,15 @@ def test_restoring_the_subjects_last_token_where_facts_live_recovers_the_answer(
 
 
 @pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
-def test_batched_restorations_equal_one_restoration_per_forward_pass(model_type):
+def test_batched_restorations_equal_one_restoration_per_forward_pass(model_type, caplog):
+    """Batched, replayed lower blocks and suffix-only passes (positions before a restoration's
+    first token come from the corrupted run's cache) give the plain one-per-pass tables."""
     model, tok = tiny_model(model_type, n_layer=3)
     kwargs = dict(kinds=("hidden", "mlp", "attn"), window=2, samples=3, seed=1)
-    batched = trace_fact(model, tok, *TINY_PROMPT, batch_size=7, **kwargs)
+    with caplog.at_level(logging.DEBUG, logger="massedit.trace.restore"):
+        batched = trace_fact(model, tok, *TINY_PROMPT, batch_size=7, **kwargs)
+    assert any("from each restoration's first token on" in r.getMessage()
+               for r in caplog.records)  # the suffix passes were checked and used
     single = trace_fact(model, tok, *TINY_PROMPT, batch_size=1, reuse_prefix=False, **kwargs)
     assert batched.corrupted_prob == pytest.approx(single.corrupted_prob, abs=1e-6)
     n_tokens = len(batched.tokens)

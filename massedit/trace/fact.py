@@ -132,6 +132,7 @@ def trace_fact(
     batch_size: int = 32,
     positions: Sequence[int] | str | None = None,
     reuse_prefix: bool = True,
+    suffix: bool = True,
 ) -> FactTrace:
     """Trace one fact; ``prompt`` contains ``subject`` (written out, or as ``{}``).
 
@@ -142,7 +143,8 @@ def trace_fact(
     subject) or an absolute scale. ``batch_size``: restorations per forward pass, each with
     ``samples`` noise samples (halved automatically when memory runs out). ``positions``: token
     positions to restore (default all; ``"subject_last"`` for the subject's last token only).
-    ``reuse_prefix=False`` recomputes the unrestored lower blocks in every pass (for timing).
+    ``reuse_prefix=False`` recomputes the unrestored lower blocks in every pass, and
+    ``suffix=False`` the positions before each restoration's first token (both for timing).
     """
     stack = traced_stack(model)
     adapter, seq2seq = stack.adapter, stack.decoder_start is not None
@@ -173,7 +175,7 @@ def trace_fact(
             model, inp.model_inputs(), inp.answer_ids, inp.subject_range, clean, noise_t,
             embed_name=stack.embed, layers_path=adapter.layers,
             # T5 blocks pass a batch-shaped position bias along: no replay in encoders.
-            reuse_prefix=reuse_prefix and not seq2seq, keep_logits=not seq2seq,
+            reuse_prefix=reuse_prefix and not seq2seq, keep_logits=not seq2seq, suffix=suffix,
         )
         corrupted = runner.corrupted_probability()
         if positions is None:

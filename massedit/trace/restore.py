@@ -29,6 +29,14 @@ import torch
 
 from massedit.evals.scoring import _forward_kwargs, _model_device
 from massedit.hooks import edit_output, record_block_outputs, replay_blocks
+from massedit.target_pass import head_logits
+from massedit.target_suffix import (
+    block_value,
+    cache_of,
+    map_cache,
+    plan_suffix,
+    suffix_hidden,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +80,7 @@ class CorruptedRunner:
         layers_path: str,
         reuse_prefix: bool = True,
         keep_logits: bool = True,
+        suffix: bool = True,
     ) -> None:
         self.model = model
         self.device = _model_device(model)
@@ -87,6 +96,12 @@ class CorruptedRunner:
         self.layers_path = layers_path
         self.reuse_prefix = reuse_prefix
         self._prefix: dict | None = None  # corrupted block outputs, recorded on first use
+        # Positions before a restoration's first token are the corrupted run's at every layer:
+        # with ``suffix``, passes run from that token on, reading the earlier positions' keys
+        # and values from the corrupted run (checked once against full rows).
+        self.suffix = suffix and reuse_prefix
+        self._cache = None  # the corrupted run's key/value cache (samples rows)
+        self._suffix_checked = False
         self.forward_passes = 0
 
     # ---- one forward pass ------------------------------------------------------------------
@@ -107,21 +122,38 @@ class CorruptedRunner:
         return fn
 
     @staticmethod
-    def _restore(rows: torch.Tensor, toks: torch.Tensor, clean: torch.Tensor):
-        def fn(out: torch.Tensor) -> torch.Tensor:  # (rows, T, d)
+    def _restore(rows: torch.Tensor, toks: torch.Tensor, clean: torch.Tensor,
+                 slots: torch.Tensor | None = None):
+        """Write the clean states of tokens ``toks`` at ``slots`` (default: the same positions)."""
+        slots = toks if slots is None else slots
+
+        def fn(out: torch.Tensor) -> torch.Tensor:  # (rows, T or S, d)
             out = out.clone()
-            out[rows.to(out.device), toks.to(out.device)] = clean[toks].to(out.dtype)
+            out[rows.to(out.device), slots.to(out.device)] = clean[toks].to(out.dtype)
             return out
 
         return fn
 
-    def _forward(self, chunk: Sequence[Restoration], start: int) -> torch.Tensor:
-        """(len(chunk),) answer probability per restoration, averaged over noise samples."""
-        m, s = len(chunk), self.samples
+    @staticmethod
+    def _per_site(chunk: Sequence[Restoration], s: int) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Each restored site's (rows, tokens) in a chunk of ``len(chunk) * s`` rows."""
         per_site: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for j, restoration in enumerate(chunk):
             for name, token in restoration.patches:
                 per_site[name].append((j, token))
+        return {
+            name: (torch.tensor([j * s + k for j, _ in pairs for k in range(s)]),
+                   torch.tensor([t for _, t in pairs for _ in range(s)]))
+            for name, pairs in per_site.items()
+        }
+
+    def _forward(self, chunk: Sequence[Restoration], start: int) -> torch.Tensor:
+        """(len(chunk),) answer probability per restoration, averaged over noise samples."""
+        m, s = len(chunk), self.samples
+        if start > 0 and self.suffix:
+            probs = self._suffix_forward(chunk, start)
+            if probs is not None:
+                return probs
         with ExitStack() as stack:
             stack.enter_context(edit_output(self.model, self.embed_name, self._add_noise(m)))
             if start > 0:
@@ -129,24 +161,78 @@ class CorruptedRunner:
                 recorded = {i: prefix[i] for i in range(start)}
                 value = _first(prefix[start - 1]).repeat(m, 1, 1)  # (m * samples, T, d)
                 stack.enter_context(replay_blocks(self.model, self.layers_path, recorded, value))
-            for name, pairs in per_site.items():
-                rows = torch.tensor([j * s + k for j, _ in pairs for k in range(s)])
-                toks = torch.tensor([t for _, t in pairs for _ in range(s)])
+            for name, (rows, toks) in self._per_site(chunk, s).items():
                 stack.enter_context(
                     edit_output(self.model, name, self._restore(rows, toks, self.clean[name]))
                 )
             probs = self._answer_prob(m * s)  # (m * samples,)
         return probs.view(m, s).mean(1)
 
-    def _answer_prob(self, rows: int) -> torch.Tensor:
-        """(rows,) exp(mean log p(answer tokens)) for each row of the (hooked) model."""
+    def _suffix_forward(self, chunk: Sequence[Restoration], start: int) -> torch.Tensor | None:
+        """:meth:`_forward` on each row's positions from its first restored token on (the
+        answer positions at least); None when the shortcut does not fit this model."""
+        m, s = len(chunk), self.samples
+        if not self._suffix_checked:  # the first chunk runs both ways, once
+            self._suffix_checked = True
+            try:
+                fast = self._suffix_forward(chunk, start)
+            except Exception as err:  # noqa: BLE001 - a model the shortcut does not fit
+                logger.info("trace: every position runs (prefix cache not usable: %s)", err)
+                fast = None
+            self.suffix = False
+            full = self._forward(chunk, start)
+            gap = float("inf") if fast is None else float((fast - full).abs().max())
+            tol = 1e-5 if next(self.model.parameters()).dtype == torch.float32 else 1e-2
+            self.suffix = gap <= tol
+            if self.suffix:
+                logger.debug("trace: passes run from each restoration's first token on")
+            elif fast is not None:
+                logger.info("trace: every position runs (suffix pass differs by %.2g)", gap)
+            return full
+        prefix = self._corrupted_prefix()
+        ids = self.inputs["input_ids"]  # (1, T)
+        n_tokens, t = ids.shape[1], self.n_answer
+        first = [min(min(tok for _, tok in r.patches), n_tokens - t) for r in chunk]
+        split = torch.tensor(first, device=self.device).repeat_interleave(s)  # (m * s,)
+        rows = torch.arange(m * s, device=self.device)
+        answer_rows = rows.repeat_interleave(t)  # (m * s * t,)
+        answer_pos = (n_tokens - t + torch.arange(t, device=self.device)).repeat(m * s)
+        batch = {"input_ids": ids.expand(m * s, -1),
+                 "attention_mask": torch.ones(m * s, n_tokens, dtype=torch.long,
+                                              device=self.device)}
+        cache = map_cache(self._cache, lambda kv: kv.repeat(m, 1, 1, 1))  # (m * s, h, T, d)
+        plan = plan_suffix(cache, batch, split, [(answer_rows, answer_pos)])
+        if plan is None:
+            return None
+        recorded = {i: prefix[i] for i in range(start)}
+        value = block_value(plan, _first(prefix[start - 1]).repeat(m, 1, 1))  # (m * s, S, d)
+        with ExitStack() as stack:
+            stack.enter_context(replay_blocks(self.model, self.layers_path, recorded, value))
+            for name, (site_rows, toks) in self._per_site(chunk, s).items():
+                slots = toks - split.cpu()[site_rows]
+                stack.enter_context(edit_output(
+                    self.model, name, self._restore(site_rows, toks, self.clean[name], slots)))
+            self.forward_passes += 1
+            hidden = suffix_hidden(self.model, plan)  # (m * s, S, d)
+        picked_rows, picked_pos = plan.picks[0]
+        logp = head_logits(self.model, hidden[picked_rows, picked_pos]).log_softmax(-1)
+        target = self.answer_ids.to(logp.device).repeat(m * s)[:, None]  # (m * s * t, 1)
+        probs = logp.gather(-1, target).view(m * s, t).mean(-1).exp().cpu()  # (m * s,)
+        return probs.view(m, s).mean(1)
+
+    def _answer_prob(self, rows: int, keep_cache: bool = False) -> torch.Tensor:
+        """(rows,) exp(mean log p(answer tokens)) for each row of the (hooked) model; with
+        ``keep_cache`` the pass's key/value cache is kept for suffix passes."""
         kwargs: dict = {k: v.expand(rows, -1) for k, v in self.inputs.items()}
-        kwargs["use_cache"] = False
+        kwargs["use_cache"] = keep_cache
         keep_name = _forward_kwargs(self.model)[1] if self.keep_logits else None
         if keep_name is not None:
             kwargs[keep_name] = self.n_answer  # only the answer positions reach the vocabulary
         self.forward_passes += 1
-        logits = self.model(**kwargs).logits[:, -self.n_answer :]  # (rows, t, vocab)
+        out = self.model(**kwargs)
+        if keep_cache:
+            self._cache = cache_of(out)
+        logits = out.logits[:, -self.n_answer :]  # (rows, t, vocab)
         logp = logits.float().log_softmax(-1)
         target = self.answer_ids.to(logp.device).expand(rows, -1)[..., None]  # (rows, t, 1)
         return logp.gather(-1, target).squeeze(-1).mean(-1).exp().cpu()  # (rows,)
@@ -165,7 +251,7 @@ class CorruptedRunner:
             seen = stack.enter_context(
                 record_block_outputs(self.model, self.layers_path, depth - 1)
             )
-            probs = self._answer_prob(self.samples)
+            probs = self._answer_prob(self.samples, keep_cache=self.suffix)
         self._prefix = dict(seen)
         return float(probs.mean())
 
