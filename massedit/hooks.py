@@ -23,7 +23,8 @@ class StopForward(Exception):
     """Raised by a hook to end a forward pass early (nothing downstream is computed)."""
 
 
-def _first(x):
+def first_output(x):
+    """A module's main output (or first positional argument): the tensor, tuple or not."""
     return x[0] if isinstance(x, tuple) else x
 
 
@@ -38,7 +39,7 @@ def capture(
         module = get_module(model, name)
 
         def hook(_mod, args, output, name=name):
-            value = _first(args) if inputs else _first(output)
+            value = first_output(args) if inputs else first_output(output)
             seen[name] = value.detach() if detach else value
 
         handles.append(module.register_forward_hook(hook))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from massedit.hooks import edit_output, record_block_outputs, replay_blocks
+from massedit.hooks import edit_output, first_output, record_block_outputs, replay_blocks
 from massedit.target_suffix import (
     SuffixPlan,
     block_value,
@@ -57,10 +57,6 @@ def _logits_and_cache(model, batch: dict, picks) -> tuple[list[torch.Tensor], ob
     return _picked_logits(model, out.last_hidden_state, picks), cache_of(out)
 
 
-def _first(x):
-    return x[0] if isinstance(x, tuple) else x
-
-
 def _at_first_slot(value: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """``delta`` (rows, d) placed at slot 0 of every row of a zero tensor shaped like ``value``."""
     upd = torch.zeros_like(value)  # (rows, S, d)
@@ -90,6 +86,8 @@ class GroupPass:
     suffix: bool = True
     recorded: dict = field(default_factory=dict)  # block outputs 0..L at δ = 0 (first pass)
     plan: SuffixPlan | None = None
+    # The plan for the rows still running, with its kept picks; rebuilt only when a request stops.
+    _running: tuple | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.layers_path, _, layer = self.block_name.rpartition(".")
@@ -116,7 +114,7 @@ class GroupPass:
             return out + upd
 
         if self.replay and self.recorded:
-            cached = _first(self.recorded[self.layer])  # (rows, seq, d)
+            cached = first_output(self.recorded[self.layer])  # (rows, seq, d)
             with replay_blocks(model, self.layers_path, self.recorded, add_delta(cached)):
                 logits = _selected_logits(model, r.batch, self.picks)
         elif self.replay:
@@ -135,13 +133,14 @@ class GroupPass:
         return PassOutput(*logits, h=captured.get("h"))
 
     def _suffix_pass(self, delta: torch.Tensor, done: torch.Tensor) -> PassOutput:
-        r, plan = self.rows, self.plan
+        r = self.rows
         keep = (~done)[r.row_req]  # (rows,) rows of requests still optimising
-        tgt_kept = kl_kept = None
-        if not bool(keep.all()):
-            plan, (tgt_kept, kl_kept) = plan.select(keep)
+        if self._running is None or not torch.equal(self._running[0], keep):
+            selected = (self.plan, (None, None)) if bool(keep.all()) else self.plan.select(keep)
+            self._running = (keep, *selected)
+        _, plan, (tgt_kept, kl_kept) = self._running
         row_req = r.row_req if plan.row_index is None else r.row_req[plan.row_index]
-        value = block_value(plan, _first(self.recorded[self.layer]))  # (rows', S, d)
+        value = block_value(plan, first_output(self.recorded[self.layer]))  # (rows', S, d)
         value = value + _at_first_slot(value, delta[row_req])
         with replay_blocks(self.model, self.layers_path, self.recorded, value):
             hidden = suffix_hidden(self.model, plan)  # (rows', S, d)
@@ -155,7 +154,7 @@ class GroupPass:
             plan = plan_suffix(cache, self.rows.batch, self.rows.subj_pos, self.picks)
             if plan is None:
                 return None
-            value = block_value(plan, _first(self.recorded[self.layer]))
+            value = block_value(plan, first_output(self.recorded[self.layer]))
             with torch.no_grad(), replay_blocks(model, self.layers_path, self.recorded, value):
                 logits = _picked_logits(model, suffix_hidden(model, plan), plan.picks)
         except Exception as err:  # noqa: BLE001 - a model the shortcut does not fit runs full rows

@@ -179,7 +179,6 @@ def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> 
     d_model = model.get_output_embeddings().weight.shape[1]
     delta = torch.zeros(n, d_model, device=device, requires_grad=True)  # (n, d_model)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
-    h = torch.zeros(n, d_model, device=device)  # block output at plain prompt, δ = 0
     kl_ref = None
     done = torch.zeros(n, dtype=torch.bool, device=device)
     steps = torch.zeros(n, dtype=torch.long)
@@ -188,8 +187,8 @@ def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> 
     for it in range(hp.v_num_grad_steps):
         opt.zero_grad(set_to_none=False)
         out = group(delta, done)
-        if it == 0:
-            h = out.h[torch.arange(0, r.n_rewrite, n_prefixes, device=device)]  # plain prompts
+        if it == 0:  # block output at the plain prompts' subject tokens, δ = 0: (n, d_model)
+            h = out.h[torch.arange(0, r.n_rewrite, n_prefixes, device=device)]
         # NLL of target tokens, per rewrite row then averaged over prefixes.
         # Rows of stopped requests may have left the batch: their entries count as 0.
         logp = out.tgt_logits.log_softmax(-1)  # (n_tgt', vocab)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from massedit.evals.scoring import _forward_kwargs, _model_device
-from massedit.hooks import edit_output, record_block_outputs, replay_blocks
+from massedit.hooks import edit_output, first_output, record_block_outputs, replay_blocks
 from massedit.target_pass import head_logits
 from massedit.target_suffix import (
     block_value,
@@ -151,6 +151,8 @@ class CorruptedRunner:
         """(len(chunk),) answer probability per restoration, averaged over noise samples."""
         m, s = len(chunk), self.samples
         if start > 0 and self.suffix:
+            if not self._suffix_checked:
+                return self._check_suffix(chunk, start)
             probs = self._suffix_forward(chunk, start)
             if probs is not None:
                 return probs
@@ -159,7 +161,7 @@ class CorruptedRunner:
             if start > 0:
                 prefix = self._corrupted_prefix()
                 recorded = {i: prefix[i] for i in range(start)}
-                value = _first(prefix[start - 1]).repeat(m, 1, 1)  # (m * samples, T, d)
+                value = first_output(prefix[start - 1]).repeat(m, 1, 1)  # (m * samples, T, d)
                 stack.enter_context(replay_blocks(self.model, self.layers_path, recorded, value))
             for name, (rows, toks) in self._per_site(chunk, s).items():
                 stack.enter_context(
@@ -168,27 +170,33 @@ class CorruptedRunner:
             probs = self._answer_prob(m * s)  # (m * samples,)
         return probs.view(m, s).mean(1)
 
+    def _check_suffix(self, chunk: Sequence[Restoration], start: int) -> torch.Tensor:
+        """Run a chunk both ways, once: suffix passes stay on only if they match full rows."""
+        try:
+            fast = self._suffix_forward(chunk, start)
+        except Exception as err:  # noqa: BLE001 - a model the shortcut does not fit
+            logger.info("trace: every position runs (prefix cache not usable: %s)", err)
+            self.suffix = False
+            return self._forward(chunk, start)
+        self.suffix = False  # the reference: full rows
+        full = self._forward(chunk, start)
+        if fast is None:  # nothing to skip in this chunk; check on the next one
+            self.suffix = True
+            return full
+        self._suffix_checked = True
+        gap = float((fast - full).abs().max())
+        tol = 1e-5 if next(self.model.parameters()).dtype == torch.float32 else 1e-2
+        self.suffix = gap <= tol
+        if self.suffix:
+            logger.debug("trace: passes run from each restoration's first token on")
+        else:
+            logger.info("trace: every position runs (suffix pass differs by %.2g)", gap)
+        return full
+
     def _suffix_forward(self, chunk: Sequence[Restoration], start: int) -> torch.Tensor | None:
         """:meth:`_forward` on each row's positions from its first restored token on (the
-        answer positions at least); None when the shortcut does not fit this model."""
+        answer positions at least); None when no position can be skipped."""
         m, s = len(chunk), self.samples
-        if not self._suffix_checked:  # the first chunk runs both ways, once
-            self._suffix_checked = True
-            try:
-                fast = self._suffix_forward(chunk, start)
-            except Exception as err:  # noqa: BLE001 - a model the shortcut does not fit
-                logger.info("trace: every position runs (prefix cache not usable: %s)", err)
-                fast = None
-            self.suffix = False
-            full = self._forward(chunk, start)
-            gap = float("inf") if fast is None else float((fast - full).abs().max())
-            tol = 1e-5 if next(self.model.parameters()).dtype == torch.float32 else 1e-2
-            self.suffix = gap <= tol
-            if self.suffix:
-                logger.debug("trace: passes run from each restoration's first token on")
-            elif fast is not None:
-                logger.info("trace: every position runs (suffix pass differs by %.2g)", gap)
-            return full
         prefix = self._corrupted_prefix()
         ids = self.inputs["input_ids"]  # (1, T)
         n_tokens, t = ids.shape[1], self.n_answer
@@ -205,7 +213,7 @@ class CorruptedRunner:
         if plan is None:
             return None
         recorded = {i: prefix[i] for i in range(start)}
-        value = block_value(plan, _first(prefix[start - 1]).repeat(m, 1, 1))  # (m * s, S, d)
+        value = block_value(plan, first_output(prefix[start - 1]).repeat(m, 1, 1))  # (m * s, S, d)
         with ExitStack() as stack:
             stack.enter_context(replay_blocks(self.model, self.layers_path, recorded, value))
             for name, (site_rows, toks) in self._per_site(chunk, s).items():
@@ -215,10 +223,8 @@ class CorruptedRunner:
             self.forward_passes += 1
             hidden = suffix_hidden(self.model, plan)  # (m * s, S, d)
         picked_rows, picked_pos = plan.picks[0]
-        logp = head_logits(self.model, hidden[picked_rows, picked_pos]).log_softmax(-1)
-        target = self.answer_ids.to(logp.device).repeat(m * s)[:, None]  # (m * s * t, 1)
-        probs = logp.gather(-1, target).view(m * s, t).mean(-1).exp().cpu()  # (m * s,)
-        return probs.view(m, s).mean(1)
+        logits = head_logits(self.model, hidden[picked_rows, picked_pos])  # (m * s * t, vocab)
+        return self._mean_answer_prob(logits.view(m * s, t, -1)).view(m, s).mean(1)
 
     def _answer_prob(self, rows: int, keep_cache: bool = False) -> torch.Tensor:
         """(rows,) exp(mean log p(answer tokens)) for each row of the (hooked) model; with
@@ -232,9 +238,12 @@ class CorruptedRunner:
         out = self.model(**kwargs)
         if keep_cache:
             self._cache = cache_of(out)
-        logits = out.logits[:, -self.n_answer :]  # (rows, t, vocab)
+        return self._mean_answer_prob(out.logits[:, -self.n_answer :])  # (rows,)
+
+    def _mean_answer_prob(self, logits: torch.Tensor) -> torch.Tensor:
+        """(rows, t, vocab) logits at the answer positions -> (rows,) exp(mean log p(answer))."""
         logp = logits.float().log_softmax(-1)
-        target = self.answer_ids.to(logp.device).expand(rows, -1)[..., None]  # (rows, t, 1)
+        target = self.answer_ids.to(logp.device).expand(logp.shape[0], -1)[..., None]
         return logp.gather(-1, target).squeeze(-1).mean(-1).exp().cpu()  # (rows,)
 
     def _corrupted_prefix(self) -> dict:
@@ -284,7 +293,3 @@ class CorruptedRunner:
                 continue
             pos += len(idx)
         return out
-
-
-def _first(x):
-    return x[0] if isinstance(x, tuple) else x
