@@ -3,12 +3,10 @@
 ``min ‖Ŵ K₀ − W K₀‖²  subject to  Ŵ K = W K + R`` (softened by μ when keys are near-dependent).
 """
 
-from massedit.linalg import equality_factors
-from massedit.problem import Delta, LayerProblem
-from massedit.registry import register_objective
+from massedit.engine.linalg import equality_factors
+from massedit.engine.problem import Delta, LayerProblem
 
 
-@register_objective
 class EqualityObjective:
     """EMMET/ROME: ΔW = R (Kᵀ C⁻¹ K + μI)⁻¹ Kᵀ C⁻¹ — write the new keys exactly (μ = 0)."""
 

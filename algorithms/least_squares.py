@@ -1,11 +1,9 @@
 """MEMIT's objective: ``min ‖Ŵ K₀ − W K₀‖² + ‖Ŵ K − (W K + R)‖²``, closed form."""
 
-from massedit.linalg import least_squares_factors
-from massedit.problem import Delta, LayerProblem
-from massedit.registry import register_objective
+from massedit.engine.linalg import least_squares_factors
+from massedit.engine.problem import Delta, LayerProblem
 
 
-@register_objective
 class LeastSquaresObjective:
     """MEMIT: ΔW = R Kᵀ (λC + K Kᵀ)⁻¹ — keep corpus keys, write the new ones in least squares."""
 

@@ -27,7 +27,8 @@ from massedit.testing.toyworld import WIDE_GPT2_EDIT_LAYERS, WIDE_GPT2_SPEC, rec
 
 logger = logging.getLogger("bench")
 
-# The toy model's key statistics have another scale than a real model's (DESIGN §5: λ does not
+# The toy model's key statistics have another scale than a real model's (docs/design.md §5: λ does
+# not
 # transfer): λ = 10 is what tests/test_toyworld_edits.py uses for MEMIT.
 DEFAULTS = {
     "memit": {"mom2_lambda": 10.0},

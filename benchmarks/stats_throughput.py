@@ -45,7 +45,7 @@ def _peak_mb() -> float:
 
 def _sites(model) -> list[str]:
     from massedit import Editor
-    from massedit.models import get_adapter
+    from massedit.models.adapters import get_adapter
 
     editor = Editor(model, None, method="memit", progress=False)
     adapter = get_adapter(model)
@@ -56,10 +56,10 @@ def _sites(model) -> list[str]:
 def run_mode(args) -> dict:
     """One mode in this process; returns its measurements."""
     from massedit import load_model
-    from massedit.corpus import iter_texts
-    from massedit.hooks import StopForward, stop_after
-    from massedit.stats import StatsSpec, collect_moments, row_batches
-    from massedit.tokens import pad_id_of, pad_right
+    from massedit.data.corpus import iter_texts
+    from massedit.engine.hooks import StopForward, stop_after
+    from massedit.engine.tokens import pad_id_of, pad_right
+    from massedit.stats.moments import StatsSpec, collect_moments, row_batches
 
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else None
@@ -135,7 +135,7 @@ def quality(args) -> None:
     from massedit import Editor, StatsSpec, load_model
     from massedit.evals.metrics import counterfact_scores, summarize_counterfact
     from massedit.evals.readers import load_eval_dataset
-    from massedit.models import get_adapter
+    from massedit.models.adapters import get_adapter
 
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model)

@@ -13,7 +13,7 @@ time on top of each other (batch size 1, sequential); MEMIT and EMMET write batc
 on the unedited model (batch mode). The study folder (``--out``) gets the combined table, plots
 and ``report.md`` (see ``massedit compare``), and ``scoring_cost.json``: the time teacher-forced
 scoring of the unedited model takes (CPU seconds) against bare forward passes over the same padded
-batches, its physical floor (DESIGN §11). Re-running continues an interrupted study.
+batches, its physical floor (docs/design.md §11). Re-running continues an interrupted study.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
+from massedit.engine.tokens import pad_batch, pad_id_of
 from massedit.evals.evaluation import EvalSettings
 from massedit.evals.metrics import COUNTERFACT_FAMILIES
 from massedit.evals.readers import load_eval_dataset, shared_data_dir
 from massedit.evals.scoring import encode_prompt_target, inference_mode, score_targets
 from massedit.evals.study import Combination, StudyOptions, run_study
 from massedit.evals.study_report import render_study
-from massedit.tokens import pad_batch, pad_id_of
 
 logger = logging.getLogger("study")
 

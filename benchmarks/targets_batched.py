@@ -26,7 +26,7 @@ import torch
 
 from massedit import Editor, StatsSpec, load_model
 from massedit.evals.readers import load_eval_dataset
-from massedit.targets import compute_targets
+from massedit.targets.optimise import compute_targets
 
 logger = logging.getLogger("bench")
 

@@ -4,10 +4,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from massedit.registry import register_distribution
 
-
-@register_distribution
 class SingleLayer:
     """The whole residual into the last preset layer (ROME)."""
 

@@ -8,10 +8,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from massedit.registry import register_distribution
 
-
-@register_distribution
 class Spread:
     """Layer j of m takes R / (m − j) of the re-measured residual (MEMIT)."""
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from massedit.runs import atomic_dir, ensure_new_output
+from massedit.jobs.runs import atomic_dir, ensure_new_output
 
 from .evaluation import (
     EvalSettings,
@@ -102,7 +102,7 @@ class _StrKeys(dict):
 
 def run_eval(opts: EvalOptions, console) -> EvalResult:
     """Evaluate, write the files (when ``opts.out``) and print the summary table."""
-    from massedit.loading import load_model
+    from massedit.models.loading import load_model
 
     if opts.out is not None:
         ensure_new_output(opts.out)
@@ -113,7 +113,7 @@ def run_eval(opts: EvalOptions, console) -> EvalResult:
     references = _read_references(opts.references)
     patch = None
     if opts.patch is not None:
-        from massedit.patch_commands import load_patch
+        from massedit.jobs.patches import load_patch
 
         patch = load_patch(opts.patch)
     model, tok = load_model(opts.model, dtype=opts.dtype, device_map=opts.device_map)
@@ -162,8 +162,8 @@ def summary_table(pre: Sequence[dict], post: Sequence[dict] | None) -> dict[str,
 
 
 def _config(opts: EvalOptions, model, cases, skipped, patch) -> dict[str, Any]:
-    from massedit.edit_job import model_reference
-    from massedit.loading import resolve_model_path
+    from massedit.jobs.edit import model_reference
+    from massedit.models.loading import resolve_model_path
 
     meta = patch.metadata if patch is not None else {}
     return {

@@ -1,6 +1,6 @@
 """One evaluation of a model on benchmark cases, shared by ``massedit eval`` and ``compare``.
 
-A case's row holds both metric families under their own names (DESIGN §9):
+A case's row holds both metric families under their own names (docs/design.md §9):
 
 - ROME/MEMIT (``counterfact``): the per-prompt probabilities of :func:`counterfact_scores` plus
   the case's own ``efficacy_success``, ``paraphrase_success``, ``neighborhood_success`` and

@@ -1,4 +1,4 @@
-"""Edit-quality metrics; every name says which family it comes from (DESIGN §9).
+"""Edit-quality metrics; every name says which family it comes from (docs/design.md §9).
 
 ROME/MEMIT (CounterFact): per prompt the probabilities P(new) and P(true) of ``" " + target``
 (exp of minus the mean per-token NLL, teacher forced). ``efficacy_success`` is the share of rewrite
@@ -28,8 +28,10 @@ import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.metrics.pairwise import cosine_similarity
 
+from massedit.engine.forward import model_device
+
 from .readers import EvalCase
-from .scoring import TargetScore, _model_device, generate_batched, score_targets
+from .scoring import TargetScore, generate_batched, score_targets
 
 COUNTERFACT_FAMILIES = ("rewrite_prompts", "paraphrase_prompts", "neighborhood_prompts")
 
@@ -356,7 +358,7 @@ def generate_fluency_texts(
     Sampling is seeded with ``seed`` inside a forked RNG, so the caller's random state is left
     alone and the same model, prompts and batch size give the same texts.
     """
-    device = _model_device(model)
+    device = model_device(model)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)

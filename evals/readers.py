@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from massedit.requests import EditRequest, RequestError
+from massedit.engine.requests import EditRequest, RequestError
 
 logger = logging.getLogger(__name__)
 

@@ -16,12 +16,11 @@ positions are projected onto the vocabulary. Models whose forward takes no ``pos
 right-padded, where positions need no correction.
 
 >>> nll = target_nll(model, tok, ["The Eiffel Tower is in"], ["Rome"])  # doctest: +SKIP
->>> prob = torch.exp(-nll)  # probability of " Rome" as DESIGN §9 defines it  # doctest: +SKIP
+>>> prob = torch.exp(-nll)  # P(" Rome"), docs/design.md §9  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from massedit.tokens import encode_target, pad_batch, pad_id_of
+from massedit.engine.forward import forward_kwargs, model_device
+from massedit.engine.tokens import encode_target, pad_batch, pad_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class TargetScore:
 
     @property
     def nll(self) -> float:
-        """Mean per-token NLL (DESIGN §9: probability = exp(-nll))."""
+        """Mean per-token NLL (docs/design.md §9: probability = exp(-nll))."""
         return float(self.token_nll.mean())
 
     @property
@@ -93,23 +93,11 @@ def _pad_id(tok) -> int:
     return pad_id_of(tok)
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
-    device = getattr(model, "device", None)
-    return device if isinstance(device, torch.device) else next(model.parameters()).device
-
-
-def _forward_kwargs(model: torch.nn.Module) -> tuple[bool, str | None]:
-    """Whether forward takes ``position_ids``, and its name for 'only project the last k'."""
-    params = inspect.signature(model.forward).parameters
-    keep = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
-    return "position_ids" in params, keep
-
-
 def _score_batch(
     model: torch.nn.Module, batch: Sequence[tuple[list[int], int]], pad_id: int, side: str
 ) -> list[TargetScore]:
-    takes_positions, keep_name = _forward_kwargs(model)
-    device = _model_device(model)
+    takes_positions, keep_name = forward_kwargs(model)
+    device = model_device(model)
     input_ids, mask, offsets = pad_batch([ids for ids, _ in batch], pad_id, side, device)
     n_targets = [len(ids) - n_prompt for ids, n_prompt in batch]
     width = max(n_targets)
@@ -177,7 +165,7 @@ def score_targets(
         encoded.append((ids, n_prompt))
     if not encoded:
         return []
-    side = padding_side or ("left" if _forward_kwargs(model)[0] else "right")
+    side = padding_side or ("left" if forward_kwargs(model)[0] else "right")
     pad_id = _pad_id(tok)
     logger.debug("scoring %d pairs, %s-padded, batch size %d", len(encoded), side, batch_size)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
@@ -216,7 +204,7 @@ def target_prob(
     batch_size: int = 32,
     padding_side: str | None = None,
 ) -> torch.Tensor:
-    """(n,) probability of each target as DESIGN §9 defines it: exp(-mean per-token NLL)."""
+    """(n,) probability of each target as docs/design.md §9 defines it: exp(-mean per-token NLL)."""
     nll = target_nll(model, tok, prompts, targets, batch_size=batch_size, padding_side=padding_side)
     return torch.exp(-nll)
 
@@ -271,7 +259,7 @@ def generate_batched(
     Left padding keeps every row's last real token at the end, where generation continues.
     """
     pad_id = _pad_id(tok)
-    device = _model_device(model)
+    device = model_device(model)
     texts: list[str] = []
     with inference_mode(model):
         for start in range(0, len(prompts), batch_size):

@@ -35,7 +35,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from massedit.runs import RunDir, fingerprint, write_json_atomic
+from massedit.jobs.runs import RunDir, fingerprint, write_json_atomic
 
 from .evaluation import (
     EvalSettings,
@@ -117,8 +117,8 @@ class StudyOptions:
     def shared_arguments(self, n_cases: int, skipped: Sequence[int]) -> dict[str, Any]:
         """What every result in the folder depends on (the grid itself is left out, so a
         re-run may add methods or batch sizes to a study)."""
-        from massedit.corpus import corpus_id
-        from massedit.edit_job import model_reference
+        from massedit.data.corpus import corpus_id
+        from massedit.jobs.edit import model_reference
 
         return {"model": model_reference(self.model), "dataset": self.dataset,
                 "n_cases": n_cases, "skipped": list(skipped),
@@ -156,7 +156,7 @@ class TimedTargetCache(dict):
 
 def check_options(opts: StudyOptions) -> None:
     """Unknown names and bad values fail before the model is loaded."""
-    from massedit.registry import get_distribution, get_objective, hparams_class
+    from massedit.editing.registry import get_distribution, get_objective, hparams_class
 
     if not opts.methods or not opts.batch_sizes or not opts.seeds:
         raise ValueError("compare needs at least one method, batch size and seed")
@@ -173,8 +173,8 @@ def check_options(opts: StudyOptions) -> None:
 
 def _editor(model, tok, combo: Combination, opts: StudyOptions, target_cache,
             progress: bool = False):
-    from massedit.editor import Editor
-    from massedit.stats import StatsSpec
+    from massedit.editing.editor import Editor
+    from massedit.stats.moments import StatsSpec
 
     return Editor(model, tok, combo.method, objective=combo.objective,
                   distribution=combo.distribution,
@@ -186,7 +186,7 @@ def _editor(model, tok, combo: Combination, opts: StudyOptions, target_cache,
 def prepare_statistics(model, tok, combos: Sequence[Combination], opts: StudyOptions) -> None:
     """One pass over the corpus for the union of every combination's edit layers (per token
     budget), so no combination pays for statistics inside its timed edit."""
-    from massedit.stats import StatsSpec, get_moments, resolve_corpus
+    from massedit.stats.moments import StatsSpec, get_moments, resolve_corpus
 
     wanted: dict[tuple[int, StatsSpec], set[int]] = {}
     for combo in {dataclasses.replace(c, batch_size=1, seed=0) for c in combos}:
@@ -257,7 +257,7 @@ def _load_reference(path: Path, model, tok, cases, settings: EvalSettings) -> Re
 def run_study(opts: StudyOptions, console, combos: Sequence[Combination] | None = None
               ) -> StudyResult:
     """Run every combination not yet finished in ``opts.out``; write table, plots, report."""
-    from massedit.loading import load_model
+    from massedit.models.loading import load_model
 
     from .eval_job import load_cases
     from .study_report import write_study_outputs

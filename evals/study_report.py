@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from massedit.runs import write_json_atomic, write_text_atomic
+from massedit.jobs.runs import write_json_atomic, write_text_atomic
 
 from .plots import plot_scores, plot_time
 
@@ -86,7 +86,8 @@ def markdown_report(study: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
         "# Editing study",
         "",
         f"Model `{args['model']}`, data set `{args['dataset']}` ({args['n_cases']} cases), "
-        f"statistics `{args['stats_corpus'] or 'default corpus'}`. Metrics ×100 as DESIGN §9 "
+        f"statistics `{args['stats_corpus'] or 'default corpus'}`. Metrics ×100 as docs/design.md "
+        f"§9 "
         "defines them (ES/PS/NS: share of prompts where the right target is more probable; "
         "EM/PM/NM: mean probability differences; Score: harmonic mean of ES, PS, NS; Fluency: "
         "ROME's n-gram entropy ×100). Batch mode edits each batch on the unedited model; "

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from massedit.registry import register_distribution
+from massedit.editing.registry import register_distribution
 
 
 @register_distribution

@@ -12,8 +12,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from massedit.cli import app
-from massedit.patch import EditPatch
+from massedit.cli.main import app
+from massedit.engine.patch import EditPatch
 
 FAST = ["--set", "v_num_grad_steps=5", "--set", "layers=[1,2]", "--stats-tokens", "2000"]
 FACTS = [
@@ -231,7 +231,7 @@ def test_dry_run_writes_nothing(workspace, tmp_path: Path) -> None:
 
 
 def test_resume_after_interruption_gives_the_same_patch(workspace, tmp_path, monkeypatch):
-    from massedit.editor import Editor
+    from massedit.editing.editor import Editor
 
     edits = write_csv(tmp_path / "three.csv", FACTS[:3])
     args = ["edit", "--model", workspace["base"], "--edits", edits, "--method", "memit",

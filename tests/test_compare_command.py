@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from massedit.registry import register_objective
+from massedit.editing.registry import register_objective
 from tests.test_cli import invoke
 from tests.test_eval_command import SET, STATS_TOKENS, toy_workspace_with_cache
 

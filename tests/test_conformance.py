@@ -12,8 +12,8 @@ import torch
 
 from massedit.algorithms import EqualityObjective, LeastSquaresObjective
 from massedit.distribution import SingleLayer, Spread
-from massedit.problem import Delta
-from massedit.registry import DISTRIBUTIONS
+from massedit.editing.registry import DISTRIBUTIONS
+from massedit.engine.problem import Delta
 from massedit.testing import (
     ConformanceError,
     ToyThresholds,

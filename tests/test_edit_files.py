@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from massedit.edit_files import EditFileError, load_edits, parse_mapping, tokenisation_problems
+from massedit.jobs.edit_files import EditFileError, load_edits, parse_mapping, tokenisation_problems
 
 HEADER = "prompt,subject,target_new,target_true,paraphrase,neighborhood\n"
 GOOD = (

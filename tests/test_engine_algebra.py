@@ -1,4 +1,5 @@
-"""Exact algebra of the closed-form updates on tiny models of every adapter (DESIGN §10.1)."""
+"""Exact algebra of the closed-form updates on tiny models of every adapter (docs/design.md "
+"§10.1)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import pytest
 import torch
 
 from massedit import Editor, EditRequest, StatsSpec
-from massedit.models import get_adapter, get_module, read_weight
-from massedit.registry import get_objective
+from massedit.editing.registry import get_objective
+from massedit.models.adapters import get_adapter, get_module, read_weight
 from massedit.testing import TINY_MODEL_TYPES, tiny_gpt2_pair, tiny_model
 
 REQUESTS = [

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from massedit import EditError, Editor, EditRequest
-from massedit.requests import RequestError
+from massedit.engine.requests import RequestError
 from massedit.testing import tiny_model
 from tests.test_engine_algebra import REQUESTS, _editor
 

@@ -1,4 +1,4 @@
-"""Batched target optimisation equals request-by-request optimisation (DESIGN §5)."""
+"""Batched target optimisation equals request-by-request optimisation (docs/design.md §5)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import logging
 import pytest
 import torch
 
-from massedit.config import EditHparams
-from massedit.models import get_adapter, get_module
-from massedit.targets import compute_targets
+from massedit.engine.hparams import EditHparams
+from massedit.models.adapters import get_adapter, get_module
+from massedit.targets.optimise import compute_targets
 from massedit.testing import TINY_MODEL_TYPES, tiny_model
 from tests.test_engine_algebra import REQUESTS
 
@@ -33,7 +33,7 @@ def test_batched_targets_equal_one_at_a_time():
 def test_editor_caches_targets_per_request_across_batches(monkeypatch):
     """A request optimised in one batch is not optimised again in another: the editor takes it
     from the cache and computes only the new ones, and the result equals computing it alone."""
-    import massedit.editor as editor_module
+    import massedit.editing.editor as editor_module
     from massedit import Editor
 
     model, tok = tiny_model("gpt2")
@@ -98,12 +98,13 @@ def _suffix_sizes(caplog) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
 def test_running_only_the_suffix_above_the_edit_block_changes_nothing(model_type, caplog):
-    """Above block L only positions from the subject token on can see δ (DESIGN §11): running
+    """Above block L only positions from the subject token on can see δ (docs/design.md §11): "
+    "running
     just those, with the earlier positions' keys and values cached, gives the full rows' targets."""
     model, tok = tiny_model(model_type)
     hp = EditHparams(layers=(2,), v_num_grad_steps=4, early_stop_loss=0.0)
     block = get_adapter(model).block_name(2)
-    with caplog.at_level(logging.DEBUG, logger="massedit.target_pass"):
+    with caplog.at_level(logging.DEBUG, logger="massedit.targets.passes"):
         fast = compute_targets(model, tok, REQUESTS, PREFIXES, block, hp, progress=False)
     full = compute_targets(model, tok, REQUESTS, PREFIXES, block, hp, progress=False,
                            suffix=False)
@@ -117,7 +118,7 @@ def test_running_only_the_suffix_above_the_edit_block_changes_nothing(model_type
 def test_a_suffix_pass_that_disagrees_with_full_rows_is_not_used(monkeypatch, caplog):
     """The shortcut is checked against the first full pass; if it does not reproduce it (here:
     suffix tokens given the wrong rotary positions), the optimisation runs full rows."""
-    import massedit.target_pass as target_pass
+    import massedit.targets.passes as target_pass
 
     real = target_pass.plan_suffix
 
@@ -129,7 +130,7 @@ def test_a_suffix_pass_that_disagrees_with_full_rows_is_not_used(monkeypatch, ca
     monkeypatch.setattr(target_pass, "plan_suffix", shifted)
     model, tok = tiny_model("llama")
     hp = EditHparams(layers=(2,), v_num_grad_steps=4, early_stop_loss=0.0)
-    with caplog.at_level(logging.DEBUG, logger="massedit.target_pass"):
+    with caplog.at_level(logging.DEBUG, logger="massedit.targets.passes"):
         checked = compute_targets(model, tok, REQUESTS, PREFIXES, "model.layers.2", hp,
                                   progress=False)
     assert not _suffix_sizes(caplog)
@@ -142,7 +143,7 @@ def test_a_suffix_pass_that_disagrees_with_full_rows_is_not_used(monkeypatch, ca
 def test_requests_that_stop_leave_the_batch_and_the_others_are_unchanged(monkeypatch):
     """On the suffix path a stopped request's rows are not run again; the requests still
     optimising get exactly what full rows (where every row runs to the end) give them."""
-    import massedit.target_pass as target_pass
+    import massedit.targets.passes as target_pass
 
     rows_run: list[int] = []
     real = target_pass.suffix_hidden

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from massedit.engine.requests import EditRequest
 from massedit.evals import (
     EvalCase,
     counterfact_scores,
@@ -23,7 +24,6 @@ from massedit.evals import (
     token_accuracy_scores,
     zsre_scores,
 )
-from massedit.requests import EditRequest
 from massedit.testing import build_word_tokenizer
 
 WORDS = "the eiffel tower is in paris rome located city of a b c d where louvre".split()

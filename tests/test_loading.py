@@ -44,7 +44,7 @@ def test_two_processes_converting_the_embedded_model_at_once(monkeypatch, tmp_pa
     import os
     import shutil
 
-    import massedit.loading as loading
+    import massedit.models.loading as loading
 
     monkeypatch.setenv("MASSEDIT_CACHE", str(tmp_path))
     real_replace = os.replace

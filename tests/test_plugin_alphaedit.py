@@ -13,11 +13,11 @@ import torch
 from typer.testing import CliRunner
 
 from massedit import EditError, Editor, EditRequest, StatsSpec
-from massedit.cli import app
-from massedit.patch import EditPatch
-from massedit.registry import get_method, preset_models, registered_by
-from massedit.runs import RunDir
-from massedit.sequential import edit_resumably
+from massedit.cli.main import app
+from massedit.editing.registry import get_method, preset_models, registered_by
+from massedit.engine.patch import EditPatch
+from massedit.jobs.runs import RunDir
+from massedit.jobs.sequential import edit_resumably
 from massedit.testing import ToyThresholds, check_method, tiny_model
 
 FAST = dict(layers=(1, 2), v_num_grad_steps=4, context_lengths=((2, 4),),

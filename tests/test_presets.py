@@ -6,8 +6,8 @@ import pytest
 from accelerate import init_empty_weights
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from massedit.config import available_presets, load_preset
-from massedit.models import get_adapter, get_module, read_weight
+from massedit.editing.presets import available_presets, load_preset
+from massedit.models.adapters import get_adapter, get_module, read_weight
 
 SHAPES = {
     "gpt2-xl": ("gpt2", dict(n_layer=48, n_embd=1600, n_head=25)),

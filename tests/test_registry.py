@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from massedit import registry
-from massedit.registry import (
+from massedit.editing import registry
+from massedit.editing.registry import (
     DISTRIBUTIONS,
     METHODS,
     OBJECTIVES,
@@ -155,7 +155,7 @@ def test_redefining_a_class_in_the_same_module_replaces_it(clean_registry):
 # ---- plug-ins through entry points -----------------------------------------------------------
 def test_plugins_load_lazily_and_register(plugins):
     make_plugin(plugins, "good-plugin", "plug_good", """
-        from massedit.registry import MethodSpec, register_objective
+        from massedit.editing.registry import MethodSpec, register_objective
         from massedit.algorithms import LeastSquaresObjective
 
         class Doubled(LeastSquaresObjective):
@@ -184,7 +184,7 @@ def test_broken_plugins_warn_name_the_package_and_spare_the_builtins(plugins):
         broken = plug_broken:Broken
     """)
     make_plugin(plugins, "clash-plugin", "plug_clash", """
-        from massedit.registry import register_objective
+        from massedit.editing.registry import register_objective
 
         @register_objective
         class Equality:
@@ -197,7 +197,7 @@ def test_broken_plugins_warn_name_the_package_and_spare_the_builtins(plugins):
         equality = plug_clash:Equality
     """)
     make_plugin(plugins, "half-plugin", "plug_half", """
-        from massedit.registry import MethodSpec, register_method, register_objective
+        from massedit.editing.registry import MethodSpec, register_method, register_objective
         from massedit.algorithms import EqualityObjective
 
         @register_objective
@@ -239,7 +239,7 @@ def test_broken_plugins_warn_name_the_package_and_spare_the_builtins(plugins):
 
 def test_a_module_entry_point_must_register_its_name(plugins):
     make_plugin(plugins, "module-plugin", "plug_module", """
-        from massedit.registry import register_distribution
+        from massedit.editing.registry import register_distribution
         from massedit.distribution import Spread
 
         @register_distribution
@@ -265,8 +265,8 @@ def test_plugin_presets_use_the_method_hparams_class(plugins):
     (plugins / "plug_preset_presets" / "default.yaml").write_text("extra_knob: 7.5\nmu: 0.25\n")
     make_plugin(plugins, "preset-plugin", "plug_preset", """
         from dataclasses import dataclass
-        from massedit.config import EditHparams
-        from massedit.registry import MethodSpec
+        from massedit.engine.hparams import EditHparams
+        from massedit.editing.registry import MethodSpec
 
         @dataclass(frozen=True)
         class KnobHparams(EditHparams):

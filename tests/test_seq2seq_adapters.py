@@ -1,4 +1,4 @@
-"""Encoder-decoder adapters on tiny T5 / gated T5 / BART / Marian models (DESIGN §10.1)."""
+"""Encoder-decoder adapters on tiny T5 / gated T5 / BART / Marian models (docs/design.md §10.1)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from massedit import Editor, EditRequest, StatsSpec
-from massedit.models import get_adapter, get_module, read_weight
-from massedit.requests import RequestError
+from massedit.engine.requests import RequestError
+from massedit.models.adapters import get_adapter, get_module, read_weight
 from massedit.seq2seq import Seq2SeqAdapter, edit_sites, find_site
 from massedit.seq2seq.pair_edit import PairEditor, PairSettings
 from massedit.seq2seq.pair_keys import pair_keys_and_residuals
@@ -164,14 +164,14 @@ def test_sweep_records_refused_updates_instead_of_stopping(corpus):
 def test_seq2seq_subject_sources_keep_their_eos():
     """T5/Marian were trained on sources ending in </s>: subject keys and targets keep it, while
     decoder-only prompts still drop a trailing special token (it would precede the target)."""
-    from massedit.keys import encode_rows
-    from massedit.seq2seq.subject_rows import build_seq2seq_rows
+    from massedit.engine.keys import encode_rows
+    from massedit.targets.rows import build_rows
 
     model, tok = tiny_seq2seq_model("t5")
     req = EditRequest("The {} is located in", "Eiffel Tower", "Rome", "Paris")
     assert encode_rows(tok, [req], [""], keep_eos=True)[0].ids[-1] == tok.eos_token_id
     assert encode_rows(tok, [req], [""])[0].ids[-1] != tok.eos_token_id
-    rows = build_seq2seq_rows(model, tok, [req], ["", "Hello. "], "cpu")
+    rows = build_rows(model, tok, [req], ["", "Hello. "], "cpu")
     ids, mask = rows.batch["input_ids"], rows.batch["attention_mask"]  # (rows, src_len)
     last = ids[torch.arange(len(ids)), mask.sum(1) - 1]
     assert (last == tok.eos_token_id).all()

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from massedit.cli import app
+from massedit.cli.main import app
 from massedit.seq2seq.pairs import write_rows
 from massedit.testing import tiny_model
 from massedit.testing.nmt_train import nmt_world_model

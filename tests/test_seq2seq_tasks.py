@@ -1,4 +1,4 @@
-"""The NMT editing tasks on small trained seq2seq models (DESIGN §7, §10.2).
+"""The NMT editing tasks on small trained seq2seq models (docs/design.md §7, §10.2).
 
 The models are trained once on the toy NMT world (under a minute each on one thread) and cached
 under ``$MASSEDIT_CACHE`` like the toy-world models.

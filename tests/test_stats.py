@@ -10,14 +10,20 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import massedit.stats as stats_module
-from massedit.corpus import iter_texts
-from massedit.models import get_adapter
-from massedit.stats import StatsSpec, accumulate_moments, cache_path, fingerprint, get_moments
-from massedit.stats_cache import stats_dir
-from massedit.stats_checkpoint import PREFIX, Checkpointer
-from massedit.stats_listing import list_cache
-from massedit.stats_pass import (
+import massedit.stats.moments as stats_module
+from massedit.data.corpus import iter_texts
+from massedit.models.adapters import get_adapter
+from massedit.stats.cache import stats_dir
+from massedit.stats.checkpoint import PREFIX, Checkpointer
+from massedit.stats.listing import list_cache
+from massedit.stats.moments import (
+    StatsSpec,
+    accumulate_moments,
+    cache_path,
+    fingerprint,
+    get_moments,
+)
+from massedit.stats.passes import (
     add_gram_upper_,
     budget_cut,
     collect_moments,
@@ -51,8 +57,8 @@ def test_one_pass_equals_explicit_sum(tiny_corpus):
     assert moments[sites[0]].count == 200
     # The same keys collected by hand: each text tokenised on its own (with <bos>), the first
     # 200 tokens in corpus order, rows of at most 16 tokens, no padding counted.
-    from massedit.hooks import capture
-    from massedit.tokens import pad_id_of, pad_right
+    from massedit.engine.hooks import capture
+    from massedit.engine.tokens import pad_id_of, pad_right
 
     rows, total = [], 0
     for text in iter_texts(str(tiny_corpus)):
@@ -232,7 +238,7 @@ def test_unwritable_cache_still_gives_statistics_to_the_editor(tiny_corpus, tmp_
 
 
 def test_folder_corpus_reads_its_files_in_name_order_and_fingerprints_them(tmp_path):
-    from massedit.corpus import corpus_id
+    from massedit.data.corpus import corpus_id
 
     folder = tmp_path / "texts"
     folder.mkdir()

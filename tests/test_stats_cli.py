@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import massedit.stats as stats_module
-from massedit.stats_cache import stats_dir
+import massedit.stats.moments as stats_module
+from massedit.stats.cache import stats_dir
 from massedit.testing import TINY_WORDS, tiny_model
 from tests.test_cli import invoke
 
@@ -35,8 +35,8 @@ def _files(cache: Path) -> list[Path]:
 
 def test_stats_fill_the_editors_cache_and_list_it(saved, tmp_path, monkeypatch):
     from massedit import Editor, EditRequest
-    from massedit.loading import load_model
-    from massedit.stats import StatsSpec
+    from massedit.models.loading import load_model
+    from massedit.stats.moments import StatsSpec
 
     model_dir, corpus = saved
     cache = tmp_path / "cache"

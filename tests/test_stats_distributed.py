@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from massedit.models import get_adapter
-from massedit.stats import StatsSpec, cache_path, fingerprint, get_moments
+from massedit.models.adapters import get_adapter
+from massedit.stats.moments import StatsSpec, cache_path, fingerprint, get_moments
 from massedit.testing import TINY_WORDS, tiny_model
 
 
@@ -55,7 +55,7 @@ def saved_tiny(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_two_processes_equal_one(saved_tiny, tmp_path):
-    from massedit.loading import load_model
+    from massedit.models.loading import load_model
 
     model_dir, corpus = saved_tiny
     budget = 4001  # ends inside a text: the cut must fall where one process would cut

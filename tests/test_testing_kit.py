@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from massedit.models import get_adapter, get_module, read_weight
+from massedit.models.adapters import get_adapter, get_module, read_weight
 from massedit.testing import (
     TINY_MODEL_TYPES,
     ToyWorld,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from massedit.keys import encode_rows
-from massedit.requests import EditRequest
+from massedit.engine.keys import encode_rows
+from massedit.engine.requests import EditRequest
+from massedit.engine.tokens import encode_target, encode_with_subject, pad_batch
 from massedit.testing import TINY_WORDS
 from massedit.testing.tokenizer import build_word_tokenizer
-from massedit.tokens import encode_target, encode_with_subject, pad_batch
 
 
 @pytest.mark.parametrize("add_bos", [False, True])

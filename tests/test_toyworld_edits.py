@@ -2,7 +2,8 @@
 their other phrasings) and leaves ≥ 90% of other subjects' facts unchanged.
 
 The model is the wide toy GPT-2 (:data:`massedit.testing.toyworld.WIDE_GPT2_SPEC`, trained once
-and cached); its facts are written at layer 0. λ is re-tuned for its C (DESIGN §5: λ does not
+and cached); its facts are written at layer 0. λ is re-tuned for its C (docs/design.md §5: λ does
+not
 transfer between models) and its MLP weights are small (‖W‖ ≈ 4), so the update-size safety
 limit is relative to a much larger scale than in real models.
 """

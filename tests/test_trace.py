@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from massedit.config import EditHparams
-from massedit.models import get_adapter, get_module
+from massedit.engine.hparams import EditHparams
+from massedit.models.adapters import get_adapter, get_module
 from massedit.testing import TINY_MODEL_TYPES, TOY_EDIT_LAYERS, tiny_model, toy_world_model
 from massedit.testing.tiny_seq2seq import TINY_SEQ2SEQ_TYPES, tiny_seq2seq_model
 from massedit.trace import (

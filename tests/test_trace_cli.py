@@ -10,7 +10,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from massedit.cli import app
+from massedit.cli.main import app
 from massedit.testing import tiny_model
 
 PROMPT, SUBJECT = "The Eiffel Tower is located in the city of", "Eiffel Tower"
@@ -30,7 +30,7 @@ def model_dir(tmp_path_factory):
 
 
 def greedy(model_dir, prompt: str) -> str:
-    from massedit.loading import load_model
+    from massedit.models.loading import load_model
 
     model, tok = load_model(str(model_dir))
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Edit-dropout (DESIGN §5, §7): after solving, drop components of the update at random.
+"""Edit-dropout (docs/design.md §5, §7): after solving, drop components of the update at random.
 
 The components are the update's input units: row ``j`` of the key-side factor ``V`` (d_in, n),
 i.e. column ``j`` of ``ΔW`` — MLP unit ``j`` no longer feeds the edit. Each is dropped with
@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from massedit.problem import Delta
+from massedit.engine.problem import Delta
 
 Rescale = Literal["exact", "inverse", "none"]
 

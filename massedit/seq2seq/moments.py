@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from massedit.corpus import iter_texts
-from massedit.models import get_module
-from massedit.problem import SecondMoment
-from massedit.seq2seq.adapters import Site
+from massedit.data.corpus import iter_texts
+from massedit.engine.problem import SecondMoment
+from massedit.models.adapters import get_module
+from massedit.models.seq2seq import Site
 from massedit.seq2seq.pairs import load_parallel
 from massedit.seq2seq.running import encode_output, encode_source, teacher_forced_batch, translate
 

@@ -5,9 +5,9 @@
 >>> patch.revert(model)
 
 The update is any registered objective's closed form (default ``equality``: ROME for one pair,
-EMMET for a batch) on a :class:`~massedit.problem.LayerProblem` built from the pairs' keys and
+EMMET for a batch) on a :class:`~massedit.contracts.LayerProblem` built from the pairs' keys and
 residuals (:mod:`massedit.seq2seq.pair_keys`) and the site's second moment over parallel text
-(:mod:`massedit.seq2seq.moments`); the result is an ordinary :class:`~massedit.patch.EditPatch`.
+(:mod:`massedit.seq2seq.moments`); the result is an ordinary :class:`~massedit.EditPatch`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from massedit.config import EditHparams
-from massedit.models import get_adapter, get_module, read_weight, write_weight
-from massedit.patch import EditPatch, SiteDelta, patched_weight
-from massedit.problem import Delta, LayerProblem, SecondMoment
-from massedit.registry import get_objective
-from massedit.seq2seq.adapters import Seq2SeqAdapter, Site, find_site
+from massedit.editing.registry import get_objective
+from massedit.engine.hparams import EditHparams
+from massedit.engine.patch import EditPatch, SiteDelta, patched_weight
+from massedit.engine.problem import Delta, LayerProblem, SecondMoment
+from massedit.models.adapters import get_adapter, get_module, read_weight, write_weight
+from massedit.models.seq2seq import Seq2SeqAdapter, Site, find_site
 from massedit.seq2seq.dropout import Rescale, edit_dropout
 from massedit.seq2seq.moments import parallel_corpus, parallel_moments
 from massedit.seq2seq.pair_keys import Reduce, ValueKind, pair_keys_and_residuals
@@ -141,7 +141,7 @@ class PairEditor:
                                       self.adapter.layout, delta))
 
     def _check(self, delta: Delta, weight: torch.Tensor, site: Site) -> None:
-        from massedit.editor import EditError
+        from massedit.editing.editor import EditError
 
         d = delta.matrix()
         if not torch.isfinite(d).all():
@@ -164,7 +164,7 @@ class PairEditor:
         return patch
 
     def metadata(self, pairs: Sequence[EditPair], site: Site) -> dict[str, Any]:
-        from massedit.editor import _versions
+        from massedit.version import library_versions
 
         return {
             "kind": "pairs", "objective": self.objective_name, "site": site.label,
@@ -173,5 +173,5 @@ class PairEditor:
             "model": getattr(self.model.config, "_name_or_path", ""),
             "settings": asdict(self.settings), "hparams": self.hparams.to_dict(),
             "stats_tokens": self.tokens_for(site), "n_pairs": len(pairs),
-            "pairs_digest": pairs_digest(pairs), "versions": _versions(),
+            "pairs_digest": pairs_digest(pairs), "versions": library_versions(),
         }

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from massedit.loading import DEFAULT_MODEL
-from massedit.requests import RequestError
+from massedit.engine.requests import RequestError
+from massedit.models.loading import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def split_overrides(overrides: dict[str, Any]):
     """``(PairSettings, site, EditHparams overrides)`` from ``--set`` values."""
     import yaml
 
-    from massedit.config import EditHparams
+    from massedit.engine.hparams import EditHparams
     from massedit.seq2seq.pair_edit import PairSettings
 
     defaults = dataclasses.asdict(PairSettings())
@@ -65,8 +65,8 @@ def split_overrides(overrides: dict[str, Any]):
 
 
 def run_pair_edit(opts: PairJobOptions, console) -> int:
-    from massedit.loading import load_model
-    from massedit.runs import write_json_atomic
+    from massedit.jobs.runs import write_json_atomic
+    from massedit.models.loading import load_model
     from massedit.seq2seq.pair_edit import PairEditor, require_seq2seq
     from massedit.seq2seq.pair_keys import tokenize_pair
     from massedit.seq2seq.pairs import load_checks, load_pairs, load_parallel

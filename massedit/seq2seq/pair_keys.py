@@ -1,4 +1,4 @@
-"""Keys and values of pair edits at one feed-forward site (DESIGN §7).
+"""Keys and values of pair edits at one feed-forward site (docs/design.md §7).
 
 Encoder site: the key is the site's input at the span's tokens in the negative source, the value
 its output at the span's tokens in the positive source; ``reduce`` takes the mean over the span's
@@ -18,10 +18,10 @@ from typing import Literal
 
 import torch
 
-from massedit.hooks import capture
-from massedit.models import get_adapter
-from massedit.requests import RequestError
-from massedit.seq2seq.adapters import Site
+from massedit.engine.hooks import capture
+from massedit.engine.requests import RequestError
+from massedit.models.adapters import get_adapter
+from massedit.models.seq2seq import Site
 from massedit.seq2seq.pairs import EditPair
 from massedit.seq2seq.running import encode_output, teacher_forced_batch, translate
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from massedit.requests import RequestError
+from massedit.engine.requests import RequestError
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from massedit.tokens import pad_batch, pad_id_of
+from massedit.engine.tokens import pad_batch, pad_id_of
+from massedit.models.seq2seq import decoder_start
 
 
 def model_device(model) -> torch.device:
@@ -29,13 +30,6 @@ def encode_output(tok, text: str) -> list[int]:
     if tok.eos_token_id is not None and (not ids or ids[-1] != tok.eos_token_id):
         ids.append(tok.eos_token_id)
     return ids
-
-
-def decoder_start(model) -> int:
-    start = model.config.decoder_start_token_id
-    if start is None:
-        start = model.config.pad_token_id
-    return int(start)
 
 
 def source_batch(tok, sources: Sequence[Sequence[int]], device) -> dict[str, torch.Tensor]:

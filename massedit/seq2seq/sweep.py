@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from massedit.patch import EditPatch
-from massedit.seq2seq.adapters import Site, edit_sites
+from massedit.engine.patch import EditPatch
+from massedit.models.seq2seq import Site, edit_sites
 from massedit.seq2seq.pair_edit import PairEditor
 from massedit.seq2seq.pairs import CheckInput, EditPair
 from massedit.seq2seq.quality import bleu, efficacy
@@ -62,8 +62,8 @@ def sweep_sites(
     """One row per site, in site order (encoder layers, then decoder layers). A site whose
     update the editor refuses (non-finite, or past ``max_update_ratio``) gets a row with
     efficacy 0 and the reason, and ranks last: one bad layer does not stop the sweep."""
-    from massedit.editor import EditError
-    from massedit.models import get_module, read_weight
+    from massedit.editing.editor import EditError
+    from massedit.models.adapters import get_module, read_weight
 
     sites = list(sites or edit_sites(editor.model))
     budgets: dict[int, list[Site]] = {}

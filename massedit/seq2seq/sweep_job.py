@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from massedit.requests import RequestError
+from massedit.engine.requests import RequestError
 
 
 def run_sweep(*, pairs: str, check: str, out: Path, model: str, bleu: str | None,
@@ -13,7 +13,7 @@ def run_sweep(*, pairs: str, check: str, out: Path, model: str, bleu: str | None
               device_map: str | None, console) -> list:
     from rich.table import Table
 
-    from massedit.loading import load_model
+    from massedit.models.loading import load_model
     from massedit.seq2seq.pair_edit import PairEditor, require_seq2seq
     from massedit.seq2seq.pair_job import split_overrides
     from massedit.seq2seq.pair_keys import tokenize_pair

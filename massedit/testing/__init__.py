@@ -13,10 +13,9 @@ from massedit.testing.conformance import (
     ConformanceError,
     ConformanceReport,
     check_distribution,
-    check_method,
     check_objective,
 )
-from massedit.testing.conformance_edits import ToyThresholds, toy_world_edit
+from massedit.testing.conformance_edits import ToyThresholds, check_method, toy_world_edit
 from massedit.testing.tiny import (
     GPT2_LINEAR,
     TINY_MODEL_TYPES,

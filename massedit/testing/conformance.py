@@ -1,4 +1,5 @@
-"""Conformance kit: the checks every objective, distribution and method must pass (DESIGN §4).
+"""Conformance kit: the checks every objective, distribution and method must pass (docs/design.md "
+"§4).
 
 Plug-in authors run the same checks the built-ins pass::
 
@@ -30,8 +31,8 @@ from typing import Any
 
 import torch
 
-from massedit.config import EditHparams
-from massedit.problem import Delta, LayerProblem, SecondMoment
+from massedit.engine.hparams import EditHparams
+from massedit.engine.problem import Delta, LayerProblem, SecondMoment
 
 logger = logging.getLogger(__name__)
 
@@ -353,10 +354,7 @@ def _walk_shares(dist: Any, preset: Sequence[int], device: str) -> str:
     return "fractions " + ", ".join(f"{f:.2f}" for f in fractions)
 
 
-# Method checks (tiny and toy-world models) live in their own module; re-exported here.
-from massedit.testing.conformance_edits import check_method  # noqa: E402
-
 __all__ = [
     "CheckResult", "ConformanceError", "ConformanceReport", "check_distribution",
-    "check_method", "check_objective", "default_devices", "run_check", "synthetic_problem",
+    "check_objective", "default_devices", "run_check", "synthetic_problem",
 ]

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from massedit.editor import Editor
-from massedit.patch import EditPatch
-from massedit.registry import DISTRIBUTIONS, OBJECTIVES, get_method, registered_by
-from massedit.requests import EditRequest
-from massedit.stats import StatsSpec
+from massedit.editing.editor import Editor
+from massedit.editing.registry import DISTRIBUTIONS, OBJECTIVES, get_method, registered_by
+from massedit.engine.patch import EditPatch
+from massedit.engine.requests import EditRequest
+from massedit.stats.moments import StatsSpec
 from massedit.testing.conformance import (
     ConformanceReport,
     check_distribution,

@@ -1,4 +1,4 @@
-"""Train and cache small Marian, T5 and BART models on the NMT toy world (DESIGN §10).
+"""Train and cache small Marian, T5 and BART models on the NMT toy world (docs/design.md §10).
 
 >>> model, tok, world = nmt_world_model("marian")  # trains once (under a minute), then cached
 
@@ -98,7 +98,7 @@ def train_nmt_model(world: NMTWorld, spec: NMTTrainSpec):
 
 
 def _cache_root(cache_dir) -> Path:
-    from massedit.stats import cache_root
+    from massedit.data.locations import cache_root
 
     return cache_root(str(cache_dir) if cache_dir is not None else None)
 

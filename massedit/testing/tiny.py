@@ -23,7 +23,7 @@ from transformers import (
 )
 from transformers.pytorch_utils import Conv1D
 
-from massedit.models import ADAPTERS, get_adapter, get_module, register_adapter
+from massedit.models.adapters import ADAPTERS, get_adapter, get_module, register_adapter
 from massedit.testing.tokenizer import build_word_tokenizer
 
 TINY_MODEL_TYPES: tuple[str, ...] = (

@@ -19,8 +19,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from massedit.engine.tokens import encode_target, pad_id_of, pad_right
 from massedit.testing.tokenizer import build_word_tokenizer
-from massedit.tokens import encode_target, pad_id_of, pad_right
 
 if TYPE_CHECKING:
     from massedit.testing.toyworld import ToyWorld
@@ -49,7 +49,8 @@ class TrainSpec:
     seed: int = 0
 
 
-# One recipe per supported architecture (DESIGN §10: trained in about a minute on two cores).
+# One recipe per supported architecture (docs/design.md §10: trained in about a minute on two
+# cores).
 ARCH_SPECS: dict[str, TrainSpec] = {
     "gpt2": TrainSpec(),
     # Measured: width 128 behaves the same (reads the subject by layer 2) at 3x the training time.

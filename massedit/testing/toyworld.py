@@ -1,4 +1,5 @@
-"""A toy world of generated facts and a small model that has memorised them (DESIGN §10 item 2).
+"""A toy world of generated facts and a small model that has memorised them (docs/design.md §10 "
+"item 2).
 
 Subjects are two-token names ("Anna Moreau") drawn from a grid of first and last names so that
 neither name alone determines a fact: the subject's LAST token must gather the first name through
@@ -39,7 +40,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from massedit.requests import EditRequest
+from massedit.engine.requests import EditRequest
 from massedit.testing.model_cache import train_and_cache
 from massedit.testing.toytrain import (
     ARCH_SPECS,

@@ -1,4 +1,4 @@
-"""Causal tracing (ROME's locating experiment) and edit-layer suggestions (DESIGN §8).
+"""Causal tracing (ROME's locating experiment) and edit-layer suggestions (docs/design.md §8).
 
 >>> from massedit.trace import plot_trace, suggest_layers, trace_fact
 >>> trace = trace_fact(model, tok, "The Eiffel Tower is in", "Eiffel Tower")  # doctest: +SKIP

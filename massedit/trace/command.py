@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from massedit.runs import write_json_atomic, write_text_atomic
+from massedit.jobs.runs import write_json_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def check_options(opts: TraceOptions) -> None:
 
 
 def run_trace(opts: TraceOptions, console) -> None:
-    from massedit.loading import load_model
+    from massedit.models.loading import load_model
     from massedit.trace.fact import traced_stack
     from massedit.trace.suggest import default_window
 

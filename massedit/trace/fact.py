@@ -1,4 +1,4 @@
-"""``trace_fact``: ROME's causal trace of one fact (Meng et al. 2022, §2.1; DESIGN §8).
+"""``trace_fact``: ROME's causal trace of one fact (Meng et al. 2022, §2.1; docs/design.md §8).
 
 1. Clean run: record every block, MLP and attention output, and P(answer).
 2. Corrupted run: add Gaussian noise to the subject's token embeddings; P(answer) drops.
@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 import torch
 
-from massedit.evals.scoring import _model_device, inference_mode
-from massedit.hooks import capture
-from massedit.models import ModelAdapter, get_adapter, get_module
+from massedit.engine.forward import model_device
+from massedit.engine.hooks import capture
+from massedit.evals.scoring import inference_mode
+from massedit.models.adapters import ModelAdapter, get_adapter, get_module
 from massedit.trace.inputs import (
     TraceInput,
     answer_input,
@@ -67,7 +68,7 @@ def traced_stack(model) -> TracedStack:
     adapter = get_adapter(model)
     if not (adapter.encoder_decoder or getattr(model.config, "is_encoder_decoder", False)):
         return TracedStack(adapter, adapter.embed, None)
-    from massedit.seq2seq.running import decoder_start
+    from massedit.models.seq2seq import decoder_start
 
     encoder = adapter.stack("encoder") if hasattr(adapter, "stack") else adapter
     # The encoder's own embedding call ("encoder.embed_tokens", "model.encoder.embed_tokens"),
@@ -85,7 +86,7 @@ def _greedy_input(model, tok, prompt: str, subject: str, start: int | None) -> T
     text, ids, subject_range = tokenise_fact(tok, prompt, subject, keep_eos=start is not None)
     # With a one-token answer, the model inputs are exactly "predict what follows the prompt".
     probe = answer_input(tok, text, subject, ids, subject_range, [0], "", start)
-    logits = model(**probe.model_inputs(_model_device(model)), use_cache=False).logits
+    logits = model(**probe.model_inputs(model_device(model)), use_cache=False).logits
     top = int(logits[0, -1].argmax())
     return answer_input(tok, text, subject, ids, subject_range, [top],
                         tok.decode([top]).strip(), start)
@@ -95,7 +96,7 @@ def _clean_run(model, inp: TraceInput, names: Sequence[str]):
     """Clean outputs ``{name: (T, d)}``, P(answer), and the greedy ids at the answer positions."""
     t = len(inp.answer_ids)
     with capture(model, names) as seen:
-        out = model(**inp.model_inputs(_model_device(model)), use_cache=False)
+        out = model(**inp.model_inputs(model_device(model)), use_cache=False)
         logits = out.logits[0, -t:]  # (t, vocab)
     logp = logits.float().log_softmax(-1)
     answer = torch.tensor(inp.answer_ids, device=logp.device)

@@ -1,13 +1,13 @@
 """The token ids a trace runs on: prompt, subject positions and the answer being measured.
 
 The prompt is tokenised with the tokenizer's special tokens (a Llama-style BOS), exactly as the
-engine tokenises edit prompts (:func:`massedit.tokens.encode_with_subject`), and the answer as
-``" " + answer`` (:func:`massedit.tokens.encode_target`). A multi-token answer is teacher forced:
-the model reads ``prompt + answer[:-1]`` and the answer's probability is
-``exp(mean log p(answer tokens))`` (DESIGN §9). Only prompt positions are ever corrupted or
+engine tokenises edit prompts (:func:`~massedit.engine.tokens.encode_with_subject`), and the
+answer as ``" " + answer`` (:func:`~massedit.engine.tokens.encode_target`). A multi-token answer
+is teacher forced: the model reads ``prompt + answer[:-1]`` and the answer's probability is
+``exp(mean log p(answer tokens))`` (docs/design.md §9). Only prompt positions are ever corrupted or
 restored. Encoder-decoder models read the prompt as the source and the answer in the decoder
 (``[decoder start] + answer[:-1]``), tokenised as the engine's subject edits do
-(:mod:`massedit.seq2seq.subject_rows`).
+(:mod:`massedit.targets.rows`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from massedit.requests import PLACEHOLDER, _normalise_template
-from massedit.tokens import encode_target, encode_with_subject
+from massedit.engine.requests import PLACEHOLDER, normalise_template
+from massedit.engine.tokens import encode_target, encode_with_subject
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def subject_template(prompt: str, subject: str) -> str:
     """``prompt`` with exactly one ``{}`` where the subject is (clear error when it is absent)."""
     if not subject or not subject.strip():
         raise ValueError("trace: the subject is empty")
-    return _normalise_template(prompt, subject, where="trace")
+    return normalise_template(prompt, subject, where="trace")
 
 
 def tokenise_fact(tok, prompt: str, subject: str, keep_eos: bool = False

@@ -13,8 +13,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from massedit.engine.tokens import encode_target
 from massedit.evals.scoring import target_argmax
-from massedit.tokens import encode_target
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from massedit.models import get_adapter, get_module
+from massedit.models.adapters import get_adapter, get_module
 
 
 def parse_noise(spec: str | float) -> tuple[float, bool]:

@@ -7,7 +7,8 @@ subject noise as its sample in every other restoration, so restorations differ o
 restore. Hooks patch each site's output at the rows and tokens of the restorations that name it.
 
 Blocks below a chunk's lowest restored layer compute exactly what the plain corrupted run computes,
-so that run is recorded once and replayed (:func:`massedit.hooks.replay_blocks`): a restoration at
+so that run is recorded once and replayed (:func:`~massedit.engine.hooks.replay_blocks`): a
+restoration at
 layer ``l`` costs the blocks from ``l`` up, not the whole model.
 
 A chunk that does not fit in memory is retried at half the size, down to one restoration.
@@ -27,10 +28,10 @@ from dataclasses import dataclass
 
 import torch
 
-from massedit.evals.scoring import _forward_kwargs, _model_device
-from massedit.hooks import edit_output, first_output, record_block_outputs, replay_blocks
-from massedit.target_pass import head_logits
-from massedit.target_suffix import (
+from massedit.engine.forward import forward_kwargs, model_device
+from massedit.engine.hooks import edit_output, first_output, record_block_outputs, replay_blocks
+from massedit.targets.passes import head_logits
+from massedit.targets.suffix import (
     block_value,
     cache_of,
     map_cache,
@@ -83,7 +84,7 @@ class CorruptedRunner:
         suffix: bool = True,
     ) -> None:
         self.model = model
-        self.device = _model_device(model)
+        self.device = model_device(model)
         self.inputs = {k: v.to(self.device) for k, v in inputs.items()}
         self.n_answer = len(answer_ids)
         self.answer_ids = torch.tensor(list(answer_ids), dtype=torch.long)  # (t,)
@@ -231,7 +232,7 @@ class CorruptedRunner:
         ``keep_cache`` the pass's key/value cache is kept for suffix passes."""
         kwargs: dict = {k: v.expand(rows, -1) for k, v in self.inputs.items()}
         kwargs["use_cache"] = keep_cache
-        keep_name = _forward_kwargs(self.model)[1] if self.keep_logits else None
+        keep_name = forward_kwargs(self.model)[1] if self.keep_logits else None
         if keep_name is not None:
             kwargs[keep_name] = self.n_answer  # only the answer positions reach the vocabulary
         self.forward_passes += 1

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from massedit.runs import write_json_atomic, write_text_atomic
+from massedit.jobs.runs import write_json_atomic, write_text_atomic
 
 KINDS: tuple[str, ...] = ("hidden", "mlp", "attn")
 KIND_TITLES = {"hidden": "hidden state", "mlp": "MLP output", "attn": "attention output"}

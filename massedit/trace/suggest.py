@@ -1,4 +1,4 @@
-"""Choosing edit layers from causal traces, for a model without a preset (DESIGN §8).
+"""Choosing edit layers from causal traces, for a model without a preset (docs/design.md §8).
 
 ROME edits the MLP where restoring the MLP output at the subject's last token brings back the
 most of the answer's probability; MEMIT spreads an edit over a run of layers around that peak.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from massedit.config import EditHparams
+from massedit.engine.hparams import EditHparams
 from massedit.trace.fact import trace_fact, traced_stack
 from massedit.trace.result import FactTrace
 

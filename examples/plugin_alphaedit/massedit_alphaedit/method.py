@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from massedit.config import EditHparams
-from massedit.registry import MethodSpec, register_method
+from massedit.editing.registry import MethodSpec, register_method
+from massedit.engine.hparams import EditHparams
 from massedit_alphaedit.objective import DEFAULT_L2, DEFAULT_THRESHOLD, NullSpaceObjective
 
 

@@ -24,9 +24,9 @@ import logging
 
 import torch
 
-from massedit.linalg import cho_solve, cholesky_with_ridge
-from massedit.problem import Delta, LayerProblem, SecondMoment
-from massedit.registry import register_objective
+from massedit.editing.registry import register_objective
+from massedit.engine.linalg import cho_solve, cholesky_with_ridge
+from massedit.engine.problem import Delta, LayerProblem, SecondMoment
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from massedit_alphaedit import AlphaEditHparams, NullSpaceObjective, null_space_basis
 
-from massedit.problem import SecondMoment
+from massedit.engine.problem import SecondMoment
 from massedit.testing import ToyThresholds, check_method, check_objective
 from massedit.testing.conformance import synthetic_problem
 

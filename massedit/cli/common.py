@@ -1,0 +1,91 @@
+"""What every command module shares: the Typer app, common options, the console and the way
+known failures become an exit status.
+
+Exit status: 0 done; 1 bad input (every problem listed), a refused output folder or a failed
+edit; 2 bad usage (unknown option); 3 stopped by ``--max-batches`` (re-run the same command to
+continue).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+
+logger = logging.getLogger("massedit.cli")
+
+app = typer.Typer(
+    help="Write facts into a language model's weights (ROME, MEMIT, EMMET) and check the result.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+
+ModelOpt = Annotated[str, typer.Option(
+    "--model", help="Hub id, local folder, or smollm2-135m (the embedded default).")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16 or auto.")]
+DeviceMapOpt = Annotated[str | None, typer.Option(
+    "--device-map", help="Where the model goes: cuda, cpu, auto (several GPUs).")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE",
+    help="Hyper-parameter override (repeatable), e.g. layers=[4,5].")]
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+@app.callback()
+def configure_logging(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings only.")] = False,
+) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    # Without force: a host that already configured logging (pytest, a notebook) keeps its own.
+    handler = RichHandler(console=console(stderr=True), show_path=False, show_time=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s")
+    logging.getLogger("massedit").setLevel(level)
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """Known failures become a message and an exit status instead of a traceback."""
+    from rich.markup import escape
+
+    from massedit.editing.editor import EditError
+    from massedit.jobs.edit_files import EditFileError
+    from massedit.jobs.runs import RunDirError
+
+    err = console(stderr=True)
+    try:
+        yield
+    except EditFileError as exc:
+        err.print(f"[red]{escape(exc.source)}[/red]: {len(exc.problems)} problem(s); nothing "
+                  "was edited or written", highlight=False)
+        for problem in exc.problems:
+            err.print(f"  - {problem}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    # ValueError: unknown method, bad --set, a model the patch was not made for...
+    except (RunDirError, OSError, EditError, ValueError) as exc:
+        logger.debug("failure", exc_info=True)
+        err.print(f"[red]error[/red]: {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: run the same command again to continue after the last finished "
+                  "batch")
+        raise typer.Exit(130) from None
+
+
+def key_values(items: list[str] | None, option: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{item!r}: write key=value", param_hint=option)
+        out[key.strip()] = value.strip()
+    return out

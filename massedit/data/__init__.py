@@ -1,0 +1,1 @@
+"""Text and data sets: statistics corpora, the embedded WikiText excerpt, data locations."""

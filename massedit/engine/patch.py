@@ -1,0 +1,167 @@
+"""EditPatch: the record of an edit, which can be saved, reverted, re-applied and merged.
+
+Each written update is a :class:`SiteDelta` (factors ``U Vᵀ`` or dense) in the order it was
+applied. Updating a weight is always the one function :func:`patched_weight`, so re-applying a
+patch to a fresh copy of the same base model reproduces the edited weights bit for bit. The
+original weights of every edited site are kept (and saved), so ``revert`` is exact too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from massedit.engine.problem import Delta
+from massedit.models.adapters import Layout, get_module, read_weight, write_weight
+
+PATCH_FORMAT = 1
+
+
+def patched_weight(weight: torch.Tensor, delta: Delta) -> torch.Tensor:
+    """``W + ΔW`` in Linear layout, computed in fp32 on the weight's device, cast back."""
+    d = delta.matrix().to(weight.device)
+    return (weight.to(torch.float32) + d).to(weight.dtype)
+
+
+def weight_digest(weight: torch.Tensor) -> str:
+    return hashlib.sha256(weight.detach().contiguous().cpu().view(torch.uint8).numpy()).hexdigest()
+
+
+@dataclass
+class SiteDelta:
+    site: str  # module name of the edit site
+    layer: int
+    layout: Layout
+    delta: Delta
+
+
+@dataclass
+class EditPatch:
+    """Deltas in application order, the original weights of edited sites, and metadata."""
+
+    deltas: list[SiteDelta] = field(default_factory=list)
+    originals: dict[str, torch.Tensor] = field(default_factory=dict)  # Linear layout, CPU
+    base_digests: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    # ---- building ------------------------------------------------------------------------
+    def record_original(self, site: str, weight: torch.Tensor) -> None:
+        if site not in self.originals:
+            self.originals[site] = weight.detach().to("cpu", copy=True)
+            self.base_digests[site] = weight_digest(weight)
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.originals)
+
+    # ---- model operations ----------------------------------------------------------------
+    def apply(self, model) -> None:
+        """Write the patch into a fresh copy of its base model (refuses another model)."""
+        for site, digest in self.base_digests.items():
+            layout = self._layout(site)
+            current = read_weight(get_module(model, site), layout)
+            if weight_digest(current) != digest:
+                raise ValueError(
+                    f"this patch was made for another base model: weight {site!r} differs from "
+                    "the one the patch was computed on (already edited, or a different model)"
+                )
+        for sd in self.deltas:
+            module = get_module(model, sd.site)
+            write_weight(
+                module, sd.layout, patched_weight(read_weight(module, sd.layout), sd.delta)
+            )
+
+    def revert(self, model) -> None:
+        """Restore the original weights of every edited site, bit for bit."""
+        for site, original in self.originals.items():
+            write_weight(get_module(model, site), self._layout(site), original)
+
+    def _layout(self, site: str) -> Layout:
+        for sd in self.deltas:
+            if sd.site == site:
+                return sd.layout
+        return self.metadata.get("layouts", {}).get(site, "linear")
+
+    def merge(self, other: EditPatch) -> EditPatch:
+        """One patch that applies ``self`` then ``other`` (``other`` was made on top of self)."""
+        originals = dict(other.originals)
+        originals.update(self.originals)
+        digests = dict(other.base_digests)
+        digests.update(self.base_digests)
+        meta = {**self.metadata, "merged": [self.metadata, other.metadata]}
+        return EditPatch(self.deltas + other.deltas, originals, digests, meta)
+
+    # ---- files -----------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike, *, include_originals: bool = True) -> Path:
+        """Write ``patch.json``, ``deltas.safetensors`` and ``originals.safetensors`` atomically."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+        try:
+            tensors, index = {}, []
+            for i, sd in enumerate(self.deltas):
+                entry = {
+                    "site": sd.site,
+                    "layer": sd.layer,
+                    "layout": sd.layout,
+                    "info": sd.delta.info,
+                }
+                if sd.delta.dense is not None:
+                    tensors[f"{i}.dense"] = sd.delta.dense.contiguous().cpu()
+                    entry["kind"] = "dense"
+                else:
+                    tensors[f"{i}.u"] = sd.delta.u.contiguous().cpu()
+                    tensors[f"{i}.v"] = sd.delta.v.contiguous().cpu()
+                    entry["kind"] = "factors"
+                index.append(entry)
+            save_file(tensors, str(tmp / "deltas.safetensors"))
+            if include_originals and self.originals:
+                save_file(
+                    {k: v.contiguous() for k, v in self.originals.items()},
+                    str(tmp / "originals.safetensors"),
+                )
+            layouts = {sd.site: sd.layout for sd in self.deltas}
+            doc = {
+                "format": PATCH_FORMAT,
+                "deltas": index,
+                "base_digests": self.base_digests,
+                "metadata": {**self.metadata, "layouts": layouts},
+            }
+            (tmp / "patch.json").write_text(json.dumps(doc, indent=2, default=str))
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> EditPatch:
+        directory = Path(directory)
+        if not (directory / "patch.json").exists():
+            raise FileNotFoundError(f"{directory} holds no patch.json: not an EditPatch folder")
+        doc = json.loads((directory / "patch.json").read_text())
+        if doc.get("format") != PATCH_FORMAT:
+            raise ValueError(f"{directory}: unsupported patch format {doc.get('format')!r}")
+        tensors = load_file(str(directory / "deltas.safetensors"))
+        deltas = []
+        for i, entry in enumerate(doc["deltas"]):
+            if entry["kind"] == "dense":
+                delta = Delta(dense=tensors[f"{i}.dense"], info=entry.get("info", {}))
+            else:
+                delta = Delta(tensors[f"{i}.u"], tensors[f"{i}.v"], info=entry.get("info", {}))
+            deltas.append(SiteDelta(entry["site"], entry["layer"], entry["layout"], delta))
+        originals = {}
+        if (directory / "originals.safetensors").exists():
+            originals = load_file(str(directory / "originals.safetensors"))
+        return cls(deltas, originals, doc["base_digests"], doc["metadata"])

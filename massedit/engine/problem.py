@@ -1,0 +1,85 @@
+"""The data passed between the editor and the objectives (docs/design.md §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+from massedit.engine.hparams import EditHparams
+from massedit.engine.linalg import cholesky_with_ridge
+
+
+@dataclass
+class SecondMoment:
+    """``C = E[k kᵀ]`` at one site, kept as a sum and a count so that shards add exactly."""
+
+    total: torch.Tensor  # (d_in, d_in), fp32 or fp64
+    count: int
+
+    @cached_property
+    def mean(self) -> torch.Tensor:  # (d_in, d_in) fp64
+        return self.total.to(torch.float64) / max(self.count, 1)
+
+    def regularised(self, ridge: float = 0.0) -> torch.Tensor:
+        """``C + ridge · (tr C / d) · I`` (d_in, d_in) fp64.
+
+        Dead or nearly dead MLP units give C eigenvalues near zero; a key with any component
+        there makes ``C⁻¹k`` explode. A ridge relative to C's mean eigenvalue bounds that.
+        """
+        if ridge == 0.0:
+            return self.mean
+        d = self.mean.shape[0]
+        scale = ridge * float(self.mean.diagonal().sum()) / d
+        return self.mean + scale * torch.eye(d, dtype=self.mean.dtype, device=self.mean.device)
+
+    def factor(self, scale: float = 1.0, ridge: float = 0.0) -> torch.Tensor:
+        """Cholesky factor of ``scale · (C + ridge)``, computed once per layer and reused."""
+        cache = self.__dict__.setdefault("_factors", {})
+        if (scale, ridge) not in cache:
+            cache[(scale, ridge)] = cholesky_with_ridge(scale * self.regularised(ridge))
+        return cache[(scale, ridge)]
+
+
+@dataclass
+class LayerProblem:
+    """One layer's update problem: write ``Ŵ K ≈ W K + R`` while preserving ``W K₀`` (via C)."""
+
+    weight: torch.Tensor  # W (d_out, d_in), Linear layout, the model's dtype
+    keys: torch.Tensor  # K (d_in, n) fp32
+    residual: torch.Tensor  # R (d_out, n) fp32, this layer's share
+    moment: SecondMoment  # C at this site
+    hparams: EditHparams
+    layer: int = 0
+    prior_keys: torch.Tensor | None = None  # (d_in, m) keys of earlier sequential batches
+
+
+@dataclass
+class Delta:
+    """An update ``ΔW`` (d_out, d_in) as factors ``U Vᵀ`` (rank ≤ n) or dense."""
+
+    u: torch.Tensor | None = None  # (d_out, r)
+    v: torch.Tensor | None = None  # (d_in, r)
+    dense: torch.Tensor | None = None  # (d_out, d_in)
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dense is None and (self.u is None or self.v is None):
+            raise ValueError("a Delta needs factors u and v, or a dense matrix")
+
+    def matrix(self) -> torch.Tensor:
+        """Dense ``ΔW`` in fp32 (d_out, d_in)."""
+        if self.dense is not None:
+            return self.dense.to(torch.float32)
+        return (self.u.to(torch.float64) @ self.v.to(torch.float64).T).to(torch.float32)
+
+    def compact(self) -> Delta:
+        """Factors when they are smaller than the dense matrix (docs/design.md §11), else dense."""
+        if self.dense is not None:
+            return Delta(dense=self.dense.to(torch.float32), info=self.info)
+        d_out, r = self.u.shape
+        d_in = self.v.shape[0]
+        if r < min(d_out, d_in) / 2:
+            return Delta(self.u.to(torch.float32), self.v.to(torch.float32), info=self.info)
+        return Delta(dense=self.matrix(), info=self.info)

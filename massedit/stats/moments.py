@@ -1,0 +1,162 @@
+"""Second moments ``C = E[k kᵀ]`` of edit-site keys over a corpus, with a fingerprinted cache.
+
+``get_moments`` is what the editor and ``massedit stats`` both call: it returns each site's
+statistics from the cache when a file with the same fingerprint is there and intact, and computes
+the others in one forward pass per batch for all of them at once (stopping after the deepest
+site). Under ``accelerate launch``/``torchrun`` each process reads its own shard of the corpus and
+the sums are added; only the main process writes. Long passes checkpoint their partial sums and
+an interrupted run resumes from the last checkpoint. The pieces live in ``stats_cache`` (files,
+fingerprints), ``stats_pass`` (the pass), ``stats_checkpoint`` and ``stats_distributed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from massedit.data.corpus import DEFAULT_CORPUS, corpus_id, iter_texts
+from massedit.data.locations import cache_root
+from massedit.engine.problem import SecondMoment
+from massedit.models.adapters import get_adapter
+from massedit.stats.cache import (
+    STATS_FORMAT,
+    StatsSpec,
+    cache_path,
+    check_writable,
+    fingerprint,
+    load_cached,
+    model_identity,
+    save_moment,
+)
+from massedit.stats.checkpoint import Checkpointer
+from massedit.stats.distributed import Dist, detect_dist
+from massedit.stats.passes import (
+    PassResult,
+    accumulate_moments,
+    collect_moments,
+    model_max_length,
+    row_batches,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "STATS_FORMAT", "Dist", "PassResult", "StatsSpec", "accumulate_moments", "cache_path",
+    "cache_root", "check_corpus", "collect_moments", "detect_dist", "fingerprint", "get_moments",
+    "load_cached", "model_identity", "model_max_length", "resolve_corpus", "row_batches",
+    "save_moment",
+]
+
+
+def resolve_corpus(spec: StatsSpec, model, tok) -> str:
+    """The corpus to use: the spec's, else the hub default, else text sampled from the model."""
+    if spec.corpus:
+        return spec.corpus
+    try:
+        next(iter(iter_texts(DEFAULT_CORPUS)))
+        return DEFAULT_CORPUS
+    except Exception as err:
+        logger.warning(
+            "default corpus %s unreachable (%s): statistics from text sampled from the model "
+            "(seed %d); pass a corpus for better statistics", DEFAULT_CORPUS, err, spec.seed,
+        )
+        return "self"
+
+
+def check_corpus(corpus: str) -> None:
+    """Fail early, with the corpus named, when its first text cannot be read."""
+    if corpus == "self":
+        return
+    try:
+        next(iter(iter_texts(corpus)))
+    except StopIteration:
+        raise ValueError(f"the statistics corpus {corpus!r} is empty") from None
+    except Exception as err:  # missing file, bad encoding, bad JSONL, unreachable hub dataset
+        raise ValueError(f"cannot read the statistics corpus {corpus!r}: {err}") from None
+
+
+def _checkpoint_every(spec: StatsSpec, tokens: int) -> int:
+    if spec.checkpoint_every is not None:
+        return spec.checkpoint_every
+    return max(tokens // 10, 1)
+
+
+def get_moments(
+    model, tok, layers: Sequence[int], spec: StatsSpec, tokens: int, progress: bool = True, *,
+    require_cache: bool = False,
+) -> tuple[dict[int, SecondMoment], dict]:
+    """Second moments at the edit sites of ``layers``, from the cache or computed in one pass.
+
+    Returns the moments by layer and a record of what was used (for patch metadata). With
+    ``require_cache`` an unwritable cache folder is an error before any work (``massedit
+    stats``); otherwise the moments are computed and used without being stored."""
+    adapter = get_adapter(model)
+    corpus = resolve_corpus(spec, model, tok)
+    root = cache_root(spec.cache_dir)
+    dist = detect_dist()
+    fps = {layer: fingerprint(model, adapter.site_name(layer), spec, corpus, tokens)
+           for layer in layers}
+    found: dict[int, SecondMoment] = {}
+    for layer in layers:
+        moment = load_cached(cache_path(root, fps[layer]), fps[layer])
+        if moment is not None:
+            found[layer] = moment
+    missing = [layer for layer in layers if layer not in found]
+    if dist.broadcast(missing) != missing:
+        raise RuntimeError("processes disagree about what the statistics cache holds")
+    record = {"corpus": corpus_id(corpus), "tokens_requested": tokens,
+              "cached_layers": [layer for layer in layers if layer in found],
+              "computed_layers": missing, "processes": dist.world}
+    if missing:
+        result = _compute(model, tok, missing, spec, corpus, tokens, fps, root, dist, progress,
+                          require_cache)
+        found.update(result.moments)
+        record.update(tokens_per_process=result.rank_tokens, resumed_at=result.resumed_at)
+    record.update(tokens_used={str(k): v.count for k, v in sorted(found.items())},
+                  spec=asdict(spec))
+    return {layer: found[layer] for layer in layers}, record
+
+
+def _compute(model, tok, layers, spec, corpus, tokens, fps, root, dist: Dist, progress,
+             require_cache) -> PassResult:
+    adapter = get_adapter(model)
+    sites = [adapter.site_name(layer) for layer in layers]
+    writable = True
+    try:
+        check_writable(root)
+    except OSError as err:
+        if require_cache:
+            raise
+        writable = False
+        logger.warning("%s: statistics will be computed but not cached", err)
+    check_corpus(corpus)
+    if dist.is_main:
+        logger.info("computing statistics for %d site(s) over %d tokens of %s (%d process%s)",
+                    len(sites), tokens, corpus, dist.world, "es" if dist.world > 1 else "")
+    checkpointer = None
+    if writable:
+        checkpointer = Checkpointer(root, [fps[layer] for layer in layers], dist.world,
+                                    _checkpoint_every(spec, tokens))
+    texts = iter_texts(corpus, model, tok, spec.seed, rank=dist.rank, world=dist.world)
+    result = collect_moments(model, tok, sites, texts, tokens, spec, dist=dist,
+                             checkpointer=checkpointer, progress=progress)
+    by_layer = dict(zip(layers, sites, strict=True))
+    if dist.is_main and writable:
+        extra = {"model_name": str(getattr(model.config, "_name_or_path", "") or ""),
+                 "processes": dist.world, "tokens_per_process": result.rank_tokens,
+                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        try:
+            for layer, site in by_layer.items():
+                save_moment(cache_path(root, fps[layer]), fps[layer], result.moments[site],
+                            extra)
+        except OSError as err:
+            if require_cache:
+                raise
+            logger.warning("could not cache statistics in %s: %s", root, err)
+        if checkpointer is not None:
+            checkpointer.remove(dist)
+    dist.barrier()  # the files exist before any process goes on
+    return PassResult({layer: result.moments[site] for layer, site in by_layer.items()},
+                      result.rank_tokens, result.resumed_at)

@@ -1,0 +1,170 @@
+"""Target hidden states ``z`` for a batch of requests, optimised together (docs/design.md §5).
+
+A free vector ``δ_i`` is added to block ``L``'s output at request i's subject token, in every
+prefix of its prompt and in its KL prompt "{subject} is a". Each request's loss is
+
+    mean_prefixes NLL(" " + target_new | prefix + prompt)
+      + kl_factor · KL(P_δ ‖ P_0)  at the subject token of "{subject} is a"
+      + weight_decay · ‖δ_i‖ / ‖h_i‖²
+
+and the total is the plain *sum* over requests, so every δ_i sees exactly the gradient it would
+see alone (Adam is element-wise): a batched run equals n separate runs. Requests stop on their own
+(loss below ``early_stop_loss``) and, on the suffix path, their rows leave the batch. Logits are
+computed only at the positions the loss reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from massedit.engine.hooks import frozen_parameters
+from massedit.engine.hparams import EditHparams
+from massedit.engine.requests import EditRequest
+from massedit.targets.passes import GroupPass
+from massedit.targets.rows import build_rows
+
+
+@dataclass
+class TargetResult:
+    z: torch.Tensor  # (n, d_model) fp32: h + δ
+    h: torch.Tensor  # (n, d_model) fp32: block-L output at the subject token, plain prompt
+    nll: torch.Tensor  # (n,) final mean NLL of target_new
+    steps: torch.Tensor  # (n,) gradient steps each request took
+
+    def split(self, seconds_each: float = 0.0) -> list[CachedTarget]:
+        """One cache entry per request (each request's δ is optimised independently of the
+        others: separate parameters, losses, early stops and clamps under element-wise Adam)."""
+        return [CachedTarget(self.z[i], self.h[i], self.nll[i], self.steps[i], seconds_each)
+                for i in range(self.z.shape[0])]
+
+    @staticmethod
+    def stack(items: Sequence[CachedTarget]) -> TargetResult:
+        return TargetResult(z=torch.stack([t.z for t in items]),
+                            h=torch.stack([t.h for t in items]),
+                            nll=torch.stack([t.nll for t in items]),
+                            steps=torch.stack([t.steps for t in items]))
+
+
+@dataclass
+class CachedTarget:
+    """One request's target as a target cache keeps it, with its share of the time the
+    computation that produced it took (so studies can charge re-used targets fairly)."""
+
+    z: torch.Tensor  # (d_model,)
+    h: torch.Tensor  # (d_model,)
+    nll: torch.Tensor  # ()
+    steps: torch.Tensor  # ()
+    seconds: float
+
+
+def _spread(values: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+    """``values`` for the set entries of ``kept`` (n,), zeros elsewhere; differentiable."""
+    if kept is None:
+        return values
+    return values.new_zeros(kept.shape[0]).index_put((kept.nonzero()[:, 0],), values)
+
+
+def _groups(n_requests: int, rows_per_request: int, batch_rows: int) -> list[list[int]]:
+    per = max(1, batch_rows // rows_per_request)
+    return [list(range(lo, min(n_requests, lo + per))) for lo in range(0, n_requests, per)]
+
+
+def compute_targets(
+    model,
+    tok,
+    requests: Sequence[EditRequest],
+    prefixes: Sequence[str],
+    block_name: str,
+    hp: EditHparams,
+    progress: bool = True,
+    replay: bool = True,
+    suffix: bool = True,
+) -> TargetResult:
+    """Optimise all requests' ``δ``; ``block_name`` is the last edit layer's block.
+
+    Requests are optimised in groups of at most ``hp.batch_rows`` rows, one group after the
+    other, so memory stays that of one group however many requests there are (each request's
+    δ is independent of the others', so the order changes nothing). With ``replay`` the blocks
+    up to ``block_name`` run once per group; later steps reuse their output (they cannot depend
+    on δ). With ``suffix`` too (decoder-only models), the blocks above run only from each row's
+    subject token on (:mod:`massedit.targets.suffix`). The model's parameters do not require
+    gradients meanwhile (only δ is differentiated).
+    """
+    groups = _groups(len(requests), len(prefixes) + 1, hp.batch_rows)
+    device = next(model.parameters()).device
+    bar = tqdm(total=len(groups) * hp.v_num_grad_steps, desc="targets", disable=not progress,
+               leave=False)
+    parts = []
+    with frozen_parameters(model), bar:
+        for idx in groups:
+            rows = build_rows(model, tok, [requests[i] for i in idx], prefixes, device)
+            group = GroupPass(model, rows, len(idx), block_name, replay=replay, suffix=suffix)
+            parts.append(_optimise_group(group, len(prefixes), hp, bar))
+    return TargetResult(z=torch.cat([p.z for p in parts]), h=torch.cat([p.h for p in parts]),
+                        nll=torch.cat([p.nll for p in parts]),
+                        steps=torch.cat([p.steps for p in parts]))
+
+
+def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> TargetResult:
+    """Adam on one group's δ until every request stops or the steps run out."""
+    r, n = group.rows, group.n_requests
+    model = group.model
+    device = next(model.parameters()).device
+    d_model = model.get_output_embeddings().weight.shape[1]
+    delta = torch.zeros(n, d_model, device=device, requires_grad=True)  # (n, d_model)
+    opt = torch.optim.Adam([delta], lr=hp.v_lr)
+    kl_ref = None
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    steps = torch.zeros(n, dtype=torch.long)
+    last_nll = torch.full((n,), float("nan"))
+    frozen = torch.zeros_like(delta)
+    for it in range(hp.v_num_grad_steps):
+        opt.zero_grad(set_to_none=False)
+        out = group(delta, done)
+        if it == 0:  # block output at the plain prompts' subject tokens, δ = 0: (n, d_model)
+            h = out.h[torch.arange(0, r.n_rewrite, n_prefixes, device=device)]
+        # NLL of target tokens, per rewrite row then averaged over prefixes.
+        # Rows of stopped requests may have left the batch: their entries count as 0.
+        logp = out.tgt_logits.log_softmax(-1)  # (n_tgt', vocab)
+        tgt_id = r.tgt_id if out.tgt_kept is None else r.tgt_id[out.tgt_kept]
+        tok_lp = _spread(logp.gather(1, tgt_id[:, None])[:, 0], out.tgt_kept)  # (n_tgt,)
+        row_nll = torch.zeros(r.n_rewrite, device=device).index_add(0, r.tgt_row, -tok_lp)
+        nll = (row_nll / r.tgt_len).view(n, n_prefixes).mean(1)  # (n,)
+        # KL at the subject token of the KL prompt, against the unedited distribution.
+        kl_lp = out.kl_logits.log_softmax(-1)  # (n', vocab)
+        if kl_ref is None:
+            kl_ref = kl_lp.detach()
+        ref = kl_ref if out.kl_kept is None else kl_ref[out.kl_kept]
+        kl = _spread((kl_lp.exp() * (kl_lp - ref)).sum(-1), out.kl_kept)  # (n,) KL(P_δ ‖ P_0)
+        wd = hp.v_weight_decay * delta.norm(dim=-1) / h.norm(dim=-1) ** 2
+        loss = nll + hp.kl_factor * kl + wd  # (n,)
+        active = ~done
+        last_nll = torch.where(active, nll.detach(), last_nll.to(device)).cpu()
+        finished = active & (loss.detach() < hp.early_stop_loss)
+        if bool(finished.any()):
+            done[finished] = True
+            frozen[finished] = delta.detach()[finished]
+        active = active & ~finished
+        if it < hp.v_num_grad_steps - 1 and bool(active.any()):
+            loss[active].sum().backward()
+            steps[active.cpu()] += 1
+        bar.update(1)
+        if bool(done.all()) or it == hp.v_num_grad_steps - 1:
+            bar.update(hp.v_num_grad_steps - 1 - it)
+            break
+        opt.step()
+        with torch.no_grad():
+            # Requests that stopped keep the δ they stopped with (Adam momentum would move them).
+            delta[done] = frozen[done]
+            max_norm = hp.clamp_norm_factor * h.norm(dim=-1, keepdim=True)  # (n, 1)
+            scale = (max_norm / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+            delta.mul_(scale)
+        bar.set_postfix(active=int((~done).sum()), nll=f"{float(last_nll.nanmean()):.3f}")
+    delta = delta.detach()
+    if not torch.isfinite(delta).all():
+        raise FloatingPointError("target optimisation produced non-finite values")
+    return TargetResult(z=h + delta, h=h.clone(), nll=last_nll, steps=steps)

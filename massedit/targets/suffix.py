@@ -1,0 +1,147 @@
+"""Above the edit block, run only the positions δ can change (docs/design.md §11).
+
+δ is added to block ``L``'s output at each row's subject token ``s``. Positions before ``s`` never
+see it (attention is causal), so at every optimisation step their keys and values in the blocks
+above ``L`` are the ones the first, unedited pass computed. A :class:`SuffixPlan` keeps those
+keys and values as a prefix cache and feeds the model only each row's suffix ``s..end``:
+
+    row r:   [ pad … pad | k/v of positions 0..s_r-1 ]  [ tokens s_r .. end | pad … ]
+              prefix cache, left-padded to P               suffix, right-padded to S
+
+The suffix tokens keep their real position ids, and the attention mask hides both paddings, so
+the logits are those of the full rows. Whether that holds for a model (sliding windows, caches
+of other shapes, older transformers) is not assumed: :func:`plan_suffix` is followed by a check
+that the suffix pass reproduces the full pass's logits, and the caller falls back to full rows
+when it does not.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Picks = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class SuffixPlan:
+    cache: object  # transformers Cache: every layer's keys/values of the prefixes, (rows, h, P, d)
+    batch: dict[str, torch.Tensor]  # input_ids (rows, S), attention_mask (rows, P+S), position_ids
+    take: torch.Tensor  # (rows, S) position in the full row of each suffix slot (clamped)
+    picks: Picks  # the caller's (rows, positions) picks in suffix coordinates
+    prefix_len: int  # P
+    full_len: int  # T, the full rows' padded length
+    row_index: torch.Tensor | None = None  # (rows',) the group's rows this plan runs; None: all
+
+    @property
+    def suffix_len(self) -> int:
+        return int(self.take.shape[1])
+
+    def select(self, keep: torch.Tensor) -> tuple[SuffixPlan, list[torch.Tensor]]:
+        """The plan for the rows where ``keep`` (rows,) is set (requests that stopped leave the
+        batch), and for each pick list, which of its entries it still computes."""
+        renumber = torch.cumsum(keep, 0) - 1  # (rows,) new index of each kept row
+        picks, kept = [], []
+        for rows, pos in self.picks:
+            survives = keep[rows]
+            picks.append((renumber[rows[survives]], pos[survives]))
+            kept.append(survives)
+        plan = SuffixPlan(
+            cache=map_cache(self.cache, lambda kv: kv[keep]),
+            batch={name: value[keep] for name, value in self.batch.items()},
+            take=self.take[keep], picks=picks, prefix_len=self.prefix_len,
+            full_len=self.full_len, row_index=keep.nonzero()[:, 0],
+        )
+        return plan, kept
+
+
+def map_cache(cache, fn: Callable[[torch.Tensor], torch.Tensor]):
+    """A copy of ``cache`` with ``fn`` applied to every layer's keys and values."""
+    # Shallow copies: the tensors are replaced, never written into (they may still be part of
+    # the first pass's autograd graph, which deepcopy refuses).
+    new = copy.copy(cache)
+    if hasattr(new, "layers"):  # transformers >= 4.56: one object per layer
+        new.layers = [copy.copy(layer) for layer in cache.layers]
+        for layer in new.layers:
+            layer.keys, layer.values = fn(layer.keys), fn(layer.values)
+            if hasattr(layer, "cumulative_length"):  # sliding-window layers count positions
+                layer.cumulative_length = layer.keys.shape[-2]
+    else:  # older DynamicCache: parallel lists
+        new.key_cache = [fn(k) for k in cache.key_cache]
+        new.value_cache = [fn(v) for v in cache.value_cache]
+        if hasattr(new, "_seen_tokens") and new.key_cache:  # the length some versions track
+            new._seen_tokens = new.key_cache[0].shape[-2]
+    return new
+
+
+def cache_of(output):
+    """The key/value cache of a model output (``cache`` in transformers 5, else
+    ``past_key_values``)."""
+    found = getattr(output, "cache", None)
+    return found if found is not None else output.past_key_values
+
+
+def _cache_kwarg(model) -> str:
+    """The name the model's forward takes a cache under (``cache`` since transformers 5)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def plan_suffix(
+    full_cache, batch: dict[str, torch.Tensor], subj_pos: torch.Tensor, picks: Picks
+) -> SuffixPlan | None:
+    """Plan suffix-only passes for right-padded ``batch`` whose unedited pass left ``full_cache``.
+
+    Returns None when nothing would be saved (every subject is the first token).
+    """
+    mask = batch["attention_mask"]  # (rows, T)
+    rows, full_len = mask.shape
+    device = mask.device
+    lengths = mask.sum(1)  # (rows,)
+    prefix_len = int(subj_pos.max())
+    suffix_len = int((lengths - subj_pos).max())
+    if prefix_len == 0:
+        return None
+    # Suffix slot k of row r is position s_r + k; slots past the row's end are padding.
+    k = torch.arange(suffix_len, device=device)
+    positions = subj_pos[:, None] + k  # (rows, S)
+    suffix_real = k[None, :] < (lengths - subj_pos)[:, None]  # (rows, S)
+    take = positions.clamp(max=full_len - 1)
+    # Prefix slot j of row r holds position j - (P - s_r); slots before position 0 are padding.
+    j = torch.arange(prefix_len, device=device)
+    source = j[None, :] - (prefix_len - subj_pos)[:, None]  # (rows, P)
+    prefix_real = source >= 0
+
+    def left_pad(kv: torch.Tensor) -> torch.Tensor:  # (rows, h, T, d) -> (rows, h, P, d)
+        index = source.clamp(min=0)[:, None, :, None].expand(-1, kv.shape[1], -1, kv.shape[3])
+        return kv.detach().gather(2, index) * prefix_real[:, None, :, None].to(kv.dtype)
+
+    suffix_batch = {
+        "input_ids": batch["input_ids"].gather(1, take),
+        "attention_mask": torch.cat([prefix_real, suffix_real], dim=1).to(mask.dtype),
+        "position_ids": positions,
+    }
+    suffix_picks = [(r, p - subj_pos[r]) for r, p in picks]
+    return SuffixPlan(map_cache(full_cache, left_pad), suffix_batch, take, suffix_picks,
+                      prefix_len, full_len)
+
+
+def suffix_hidden(model, plan: SuffixPlan) -> torch.Tensor:
+    """Last hidden states of the suffix slots, (rows, S, d). The plan's cache is copied, since
+    the forward pass appends to it."""
+    base = model.base_model
+    cache = {_cache_kwarg(base): copy.deepcopy(plan.cache)}
+    out = base(**plan.batch, **cache, use_cache=True)
+    return out.last_hidden_state
+
+
+def block_value(plan: SuffixPlan, full_output: torch.Tensor) -> torch.Tensor:
+    """Block ``L``'s recorded full-row output (rows, T, d) at the suffix slots: (rows, S, d);
+    the subject token is slot 0 of every row."""
+    if plan.row_index is not None:
+        full_output = full_output[plan.row_index]
+    index = plan.take[:, :, None].expand(-1, -1, full_output.shape[-1])
+    return full_output.gather(1, index)
