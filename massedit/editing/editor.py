@@ -17,10 +17,12 @@ from massedit.editing.registry import get_distribution, get_method, get_objectiv
 from massedit.engine.context import corpus_prefixes, model_prefixes
 from massedit.engine.hparams import EditHparams
 from massedit.engine.keys import Read, subject_states
-from massedit.engine.patch import EditPatch, SiteDelta, patched_weight, weight_digest
+from massedit.engine.patch import EditPatch, weight_digest
 from massedit.engine.problem import LayerProblem
 from massedit.engine.requests import EditRequest, as_requests, requests_digest
-from massedit.models.adapters import get_adapter, get_module, read_weight, write_weight
+from massedit.engine.writing import EditError as EditError  # re-exported: massedit.EditError
+from massedit.engine.writing import write_update
+from massedit.models.adapters import get_adapter, get_module, read_weight
 from massedit.stats.moments import StatsSpec, get_moments
 from massedit.targets.optimise import TargetResult, compute_targets
 from massedit.version import library_versions
@@ -37,10 +39,6 @@ def weights_key(model) -> str:
         w = read_weight(get_module(model, adapter.site_name(layer)), adapter.layout)
         h.update(weight_digest(w).encode())
     return h.hexdigest()
-
-
-class EditError(RuntimeError):
-    """An edit was stopped (non-finite values, exploding update); the model is unchanged."""
 
 
 class Editor:
@@ -239,13 +237,12 @@ class Editor:
                 prior_keys=self._prior_keys.get(layer),
             )
             delta = self.objective.solve(problem).compact()
-            self._check(delta, weight, site)
             if self.keep_problems:
-                problem.weight = weight.detach().clone()
+                problem.weight = weight.detach().clone()  # W before the write below
                 self.solved.append((problem, delta))
-            patch.record_original(site, weight)
-            write_weight(module, adapter.layout, patched_weight(weight, delta))
-            patch.deltas.append(SiteDelta(site, layer, adapter.layout, delta))
+            # Guard, record the original, write, append the SiteDelta (docs/design.md §3).
+            write_update(self.model, site, layer, adapter.layout, delta, patch,
+                         hp.max_update_ratio)
             prior = self._prior_keys.get(layer)
             self._prior_keys[layer] = problem.keys if prior is None else torch.cat(
                 [prior.to(problem.keys.device), problem.keys], dim=1)
@@ -270,14 +267,3 @@ class Editor:
             for i, item in zip(missing, result.split(share), strict=True):
                 self.target_cache[keys[i]] = item
         return TargetResult.stack([self.target_cache[key] for key in keys])
-
-    def _check(self, delta, weight: torch.Tensor, site: str) -> None:
-        d = delta.matrix()
-        if not torch.isfinite(d).all():
-            raise EditError(f"update at {site} has non-finite values; the edit was stopped")
-        ratio = float(d.norm() / weight.detach().float().norm().clamp_min(1e-12))
-        if ratio > self.hparams.max_update_ratio:
-            raise EditError(
-                f"update at {site} is {ratio:.1f}× the weight's own norm (limit "
-                f"{self.hparams.max_update_ratio}); the edit was stopped and the model restored"
-            )
