@@ -1,5 +1,5 @@
-"""Evaluation: benchmark readers, teacher-forced scoring and edit-quality metrics (docs/design.md "
-"§9)."""
+"""Evaluation: benchmark readers, teacher-forced scoring and edit-quality metrics (docs/design.md
+§9)."""
 
 from .metrics import (
     counterfact_scores,

@@ -1,5 +1,5 @@
-"""Exact algebra of the closed-form updates on tiny models of every adapter (docs/design.md "
-"§10.1)."""
+"""Exact algebra of the closed-form updates on tiny models of every adapter (docs/design.md
+§10.1)."""
 
 from __future__ import annotations
 

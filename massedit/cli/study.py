@@ -1,5 +1,5 @@
-"""``massedit eval`` and ``massedit compare``: evaluation and comparison studies (docs/design.md "
-"§9)."""
+"""``massedit eval`` and ``massedit compare``: evaluation and comparison studies (docs/design.md
+§9)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The Editor: requests -> targets -> per-layer problems -> objective -> patch (docs/design.md "
-"§3)."""
+"""The Editor: requests -> targets -> per-layer problems -> objective -> patch (docs/design.md
+§3)."""
 
 from __future__ import annotations
 

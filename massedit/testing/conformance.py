@@ -1,5 +1,5 @@
-"""Conformance kit: the checks every objective, distribution and method must pass (docs/design.md "
-"§4).
+"""Conformance kit: the checks every objective, distribution and method must pass (docs/design.md
+§4).
 
 Plug-in authors run the same checks the built-ins pass::
 

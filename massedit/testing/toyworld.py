@@ -1,5 +1,5 @@
-"""A toy world of generated facts and a small model that has memorised them (docs/design.md §10 "
-"item 2).
+"""A toy world of generated facts and a small model that has memorised them (docs/design.md §10
+item 2).
 
 Subjects are two-token names ("Anna Moreau") drawn from a grid of first and last names so that
 neither name alone determines a fact: the subject's LAST token must gather the first name through
@@ -41,14 +41,13 @@ from transformers import (
 )
 
 from massedit.engine.requests import EditRequest
-from massedit.testing.model_cache import train_and_cache
+from massedit.testing.model_cache import train_and_cache, training_fingerprint
 from massedit.testing.toytrain import (
     ARCH_SPECS,
     TrainSpec,
     recall,
     toy_accuracy,
     train_toy_model,
-    training_threads,
 )
 
 __all__ = [
@@ -59,7 +58,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TOYWORLD_VERSION = 1  # bump when generation or training changes, to invalidate old caches
+# The recipe's version: bump when generation or training changes, to invalidate old caches.
+# 2: training is bit-reproducible (one thread, deterministic kernels; see model_cache).
+TOYWORLD_VERSION = 2
 
 # Layers where a rank-one edit at the subject's last token works on the default models (above).
 TOY_EDIT_LAYERS: dict[str, tuple[int, ...]] = {"gpt2": (1, 2, 3), "llama": (0, 1)}
@@ -239,7 +240,8 @@ def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
 
 def _spec_hash(world: WorldSpec, train: TrainSpec) -> str:
     payload = json.dumps(
-        {"version": TOYWORLD_VERSION, "world": asdict(world), "train": asdict(train)},
+        {"version": TOYWORLD_VERSION, "world": asdict(world), "train": asdict(train),
+         "fingerprint": training_fingerprint()},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
@@ -251,15 +253,21 @@ def toy_world_model(
     cache_dir: str | os.PathLike | None = None,
     seed: int = 0,
     spec: TrainSpec | None = None,
+    train_seed: int | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, ToyWorld]:
     """``(model, tokenizer, world)``: a model that has memorised the toy world, from the cache.
 
     The cache lives in ``<cache_dir>/toyworld/<arch>-<hash>``, where ``cache_dir`` defaults to
     ``$MASSEDIT_CACHE`` or the user cache directory of "massedit", and the hash covers the world
-    and training specifications. A miss trains (about a minute for gpt2 on two CPU cores) and
-    writes the model to a temporary folder renamed into place, so an interrupted run leaves no
-    half-written cache and concurrent runs agree. ``seed`` drives both the world and the training
-    (it replaces ``spec.seed``); ``spec`` overrides the recipe of :data:`ARCH_SPECS`.
+    and training specifications and :func:`~massedit.testing.model_cache.training_fingerprint`.
+    A miss trains (one to two minutes for gpt2 on one CPU thread: bit-reproducible, so the same
+    model on every machine with the same torch and CPU instruction set) and writes the model to a
+    temporary folder renamed into place, so an interrupted run leaves no half-written cache and
+    concurrent runs agree. ``seed`` drives both the world and the training (it replaces
+    ``spec.seed``) unless ``train_seed`` is given: then the world is that of ``seed`` and the
+    model's initialisation and data order that of ``train_seed`` (an independently trained model
+    of the same facts, as ``benchmarks/toy_thresholds.py`` uses to measure how test results
+    spread); ``spec`` overrides the recipe of :data:`ARCH_SPECS`.
     """
     if spec is None:
         if arch not in ARCH_SPECS:
@@ -267,7 +275,7 @@ def toy_world_model(
         spec = ARCH_SPECS[arch]
     elif spec.arch != arch:
         raise ValueError(f"spec.arch={spec.arch!r} but arch={arch!r}; pass the same architecture")
-    spec = TrainSpec(**{**asdict(spec), "seed": seed})
+    spec = TrainSpec(**{**asdict(spec), "seed": seed if train_seed is None else train_seed})
     world = ToyWorld.generate(WorldSpec(seed=seed))
     path = _cache_root(cache_dir) / "toyworld" / f"{arch}-{_spec_hash(world.spec, spec)}"
     if (path / "toyworld.json").is_file():
@@ -278,5 +286,5 @@ def toy_world_model(
 
     model, tok = train_and_cache(
         path, "toyworld.json", lambda: train_toy_model(world, spec),
-        {"world": asdict(world.spec), "train": asdict(spec)}, threads=training_threads())
+        {"version": TOYWORLD_VERSION, "world": asdict(world.spec), "train": asdict(spec)})
     return model, tok, world
