@@ -43,17 +43,18 @@ def check_update(delta: Delta, weight: torch.Tensor, site: str, max_update_ratio
 
 
 def write_update(model, site: str, layer: int, layout: Layout, delta: Delta, patch: EditPatch,
-                 max_update_ratio: float) -> SiteDelta:
+                 max_update_ratio: float) -> float:
     """Check ``delta`` at ``site``, then write it into ``model`` and record it in ``patch``
-    (the original weight first, so ``patch.revert`` undoes this write too)."""
+    (the original weight first, so ``patch.revert`` undoes this write too). Returns the
+    update's size ‖ΔW‖ / ‖W‖; raises :class:`EditError`, with nothing written, when the guard
+    refuses it."""
     module = get_module(model, site)
     weight = read_weight(module, layout)  # (d_out, d_in), a view of the parameter
-    check_update(delta, weight, site, max_update_ratio)
+    ratio = check_update(delta, weight, site, max_update_ratio)
     patch.record_original(site, weight)
     write_weight(module, layout, patched_weight(weight, delta))
-    written = SiteDelta(site, layer, layout, delta)
-    patch.deltas.append(written)
-    return written
+    patch.deltas.append(SiteDelta(site, layer, layout, delta))
+    return ratio
 
 
 def edit_metadata(model, hparams: EditHparams, **fields: Any) -> dict[str, Any]:

@@ -20,13 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from massedit.editing.registry import get_objective
 from massedit.engine.hparams import EditHparams
-from massedit.engine.patch import EditPatch, SiteDelta, patched_weight
+from massedit.engine.patch import EditPatch
 from massedit.engine.problem import Delta, LayerProblem, SecondMoment
-from massedit.models.adapters import get_adapter, get_module, read_weight, write_weight
+from massedit.engine.writing import edit_metadata, write_update
+from massedit.models.adapters import get_adapter, get_module, read_weight
 from massedit.models.seq2seq import Seq2SeqAdapter, Site, find_site
 from massedit.seq2seq.dropout import Rescale, edit_dropout
 from massedit.seq2seq.moments import parallel_corpus, parallel_moments
@@ -111,7 +110,8 @@ class PairEditor:
 
     def solve(self, pairs: Sequence[EditPair], site: Site | str, *, tokens: int | None = None,
               outputs: Sequence[str] | None = None) -> PairSolution:
-        """The update for ``pairs`` at ``site`` on the current model (nothing is written)."""
+        """The update for ``pairs`` at ``site`` on the current model (nothing is written, and
+        nothing is guarded yet: :meth:`write` refuses an update the guard rejects)."""
         site = self.site(site)
         tokens = tokens or self.tokens_for(site)
         keys, residual = pair_keys_and_residuals(self.model, self.tok, pairs, site,
@@ -127,29 +127,15 @@ class PairEditor:
         if s.edit_dropout > 0:
             delta = edit_dropout(delta, keys, residual, s.edit_dropout, s.dropout_seed,
                                  s.dropout_rescale)
-        self._check(delta.compact(), weight, site)
         return PairSolution(site, problem, delta)
 
-    def write(self, solution: PairSolution, patch: EditPatch) -> None:
-        """Write a solved update into the model and record it in ``patch``."""
-        module = get_module(self.model, solution.site.name)
-        weight = read_weight(module, self.adapter.layout)
-        delta = solution.delta.compact()
-        patch.record_original(solution.site.name, weight)
-        write_weight(module, self.adapter.layout, patched_weight(weight, delta))
-        patch.deltas.append(SiteDelta(solution.site.name, solution.site.layer,
-                                      self.adapter.layout, delta))
-
-    def _check(self, delta: Delta, weight: torch.Tensor, site: Site) -> None:
-        from massedit.editing.editor import EditError
-
-        d = delta.matrix()
-        if not torch.isfinite(d).all():
-            raise EditError(f"update at {site.name} has non-finite values; the edit was stopped")
-        ratio = float(d.norm() / weight.float().norm().clamp_min(1e-12))
-        if ratio > self.hparams.max_update_ratio:
-            raise EditError(f"update at {site.name} is {ratio:.1f}× the weight's own norm "
-                            f"(limit {self.hparams.max_update_ratio}); the edit was stopped")
+    def write(self, solution: PairSolution, patch: EditPatch) -> float:
+        """Guard a solved update, write it into the model and record it in ``patch``, the
+        same way the Editor does (docs/design.md §3, §12); returns ‖ΔW‖ / ‖W‖. An update the
+        guard refuses raises :class:`~massedit.engine.writing.EditError` before any write."""
+        site = solution.site
+        return write_update(self.model, site.name, site.layer, self.adapter.layout,
+                            solution.delta.compact(), patch, self.hparams.max_update_ratio)
 
     # ---- the edit ----------------------------------------------------------------------------
     def edit(self, pairs: Iterable[EditPair | Mapping[str, Any]], site: Site | str) -> EditPatch:
@@ -164,14 +150,9 @@ class PairEditor:
         return patch
 
     def metadata(self, pairs: Sequence[EditPair], site: Site) -> dict[str, Any]:
-        from massedit.version import library_versions
-
-        return {
-            "kind": "pairs", "objective": self.objective_name, "site": site.label,
-            "layers": [site.layer], "stack": site.stack,
-            "model_type": self.model.config.model_type,
-            "model": getattr(self.model.config, "_name_or_path", ""),
-            "settings": asdict(self.settings), "hparams": self.hparams.to_dict(),
-            "stats_tokens": self.tokens_for(site), "n_pairs": len(pairs),
-            "pairs_digest": pairs_digest(pairs), "versions": library_versions(),
-        }
+        return edit_metadata(
+            self.model, self.hparams, kind="pairs", objective=self.objective_name,
+            site=site.label, layers=[site.layer], stack=site.stack,
+            settings=asdict(self.settings), stats_tokens=self.tokens_for(site),
+            n_pairs=len(pairs), pairs_digest=pairs_digest(pairs),
+        )

@@ -62,8 +62,7 @@ def sweep_sites(
     """One row per site, in site order (encoder layers, then decoder layers). A site whose
     update the editor refuses (non-finite, or past ``max_update_ratio``) gets a row with
     efficacy 0 and the reason, and ranks last: one bad layer does not stop the sweep."""
-    from massedit.editing.editor import EditError
-    from massedit.models.adapters import get_module, read_weight
+    from massedit.engine.writing import EditError
 
     sites = list(sites or edit_sites(editor.model))
     budgets: dict[int, list[Site]] = {}
@@ -74,16 +73,14 @@ def sweep_sites(
     base = bleu(editor.model, editor.tok, bleu_pairs).score if bleu_pairs else None
     rows = []
     for site in sites:
+        solution = editor.solve(pairs, site, tokens=editor.tokens_for(site, sweep=True))
+        patch = EditPatch()
         try:
-            solution = editor.solve(pairs, site, tokens=editor.tokens_for(site, sweep=True))
+            ratio = editor.write(solution, patch)  # the guard refuses before writing anything
         except EditError as err:
             rows.append(SweepRow(site.label, 0.0, None, None, refused=str(err)))
             logger.info("sweep %s: %s", site.label, err)
             continue
-        weight = read_weight(get_module(editor.model, site.name), editor.adapter.layout).detach()
-        ratio = float(solution.delta.matrix().norm() / weight.float().norm())
-        patch = EditPatch()
-        editor.write(solution, patch)
         try:
             row = _measure(editor, site.label, checks, bleu_pairs, base, round(ratio, 6))
         finally:
