@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import massedit.testing.toyworld as toyworld
 from massedit.models.adapters import get_adapter, get_module, read_weight
 from massedit.testing import (
     TINY_MODEL_TYPES,
     ToyWorld,
     TrainSpec,
+    WorldSpec,
     build_word_tokenizer,
     tiny_gpt2_pair,
     tiny_model,
     toy_accuracy,
     toy_world_model,
+    train_toy_model,
 )
+from massedit.testing.model_cache import TRAIN_THREADS, training_fingerprint
 
 WORDS = ["The", "Eiffel", "Tower", "is", "in", "Paris", "Rome"]
 
@@ -153,6 +159,40 @@ def test_toy_world_cache_is_written_atomically_and_reloaded(tmp_path):
     assert world2 == world and tok2.get_vocab() == tok.get_vocab()
     for p, q in zip(model.parameters(), again.parameters(), strict=True):
         assert torch.equal(p, q)
+    record = json.loads((entries[0] / "toyworld.json").read_text())
+    assert record["fingerprint"] == training_fingerprint()
+    assert record["report"]["threads"] == TRAIN_THREADS
+
+
+def test_toy_training_is_bit_reproducible_whatever_the_callers_threads(monkeypatch):
+    """Reductions split by thread give other sums: without the fixed training threads these
+    few steps already end in other weights on one and on two threads (and a busy machine used
+    to mean fewer threads). The caller's thread count and random state are left as they were."""
+    world = ToyWorld.generate()
+    spec = TrainSpec(steps=4, eval_every=4, batch_size=8, n_layer=2)
+    trained = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            torch.manual_seed(threads)  # another random state for each call
+            state = torch.random.get_rng_state()
+            model, _, report = train_toy_model(world, spec)
+            assert torch.get_num_threads() == threads
+            assert torch.equal(torch.random.get_rng_state(), state)
+            assert report["threads"] == TRAIN_THREADS
+            trained.append(model.state_dict())
+    finally:
+        torch.set_num_threads(previous)
+    assert not torch.are_deterministic_algorithms_enabled()  # restored
+    differ = [k for k, v in trained[0].items() if not torch.equal(v, trained[1][k])]
+    assert not differ, differ
+    # What decides the weights besides the recipe (torch version, CPU instruction set, threads)
+    # is part of the cache key.
+    key = toyworld._spec_hash(WorldSpec(), spec)
+    monkeypatch.setattr(toyworld, "training_fingerprint",
+                        lambda: {**training_fingerprint(), "torch": "0.0"})
+    assert toyworld._spec_hash(WorldSpec(), spec) != key
 
 
 def test_toy_world_cache_leaves_nothing_half_written(tmp_path, monkeypatch):

@@ -1,4 +1,11 @@
-"""Train a test model once and cache it atomically (toy-world and NMT-world models share this)."""
+"""Train a test model once and cache it atomically (toy-world and NMT-world models share this).
+
+Training is bit-reproducible: :func:`reproducible_training` fixes everything besides the recipe
+that decides the trained weights (the thread count, deterministic kernels, the random state and
+float32 as the default dtype), and :func:`training_fingerprint` names what still differs between
+machines (torch version, CPU instruction set), so that it is part of every cache key. What else
+runs on the machine changes only how long training takes, never the model.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +23,55 @@ import torch
 
 log = logging.getLogger(__name__)
 
+# Reductions are split by thread, so another thread count gives other float sums and, after a
+# thousand steps, another model. One thread: the same model wherever it is trained, and no
+# OpenMP threads spinning against other jobs (two threads on a busy 2-core machine ran 13x
+# slower than one).
+TRAIN_THREADS = 1
+
+
+def training_fingerprint() -> dict[str, Any]:
+    """What besides the recipe decides the trained weights bit for bit (for cache keys)."""
+    return {"threads": TRAIN_THREADS, "torch": torch.__version__,
+            "cpu": torch.backends.cpu.get_cpu_capability()}
+
+
+@contextmanager
+def reproducible_training(threads: int = TRAIN_THREADS) -> Iterator[None]:
+    """Train on ``threads`` threads with deterministic kernels, float32 by default and the
+    caller's random state saved; everything is restored on exit."""
+    previous_threads = torch.get_num_threads()
+    previous_dtype = torch.get_default_dtype()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(torch.float32)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.set_default_dtype(previous_dtype)
+        torch.set_num_threads(previous_threads)
+
 
 def train_and_cache(
     path: Path, marker: str, train: Callable[[], tuple[Any, Any, dict]], meta: dict,
-    threads: int,
 ) -> tuple[Any, Any]:
-    """Run ``train() -> (model, tokenizer, report)`` on ``threads`` threads, leaving the caller's
-    random state and thread count as they were, then save both to ``path`` with ``marker`` (JSON
-    of ``meta`` plus the report) written last, so a half-written folder never counts as cached.
-    A process that loses the race to cache the same model uses the winner's copy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            model, tok, report = train()
-    finally:
-        torch.set_num_threads(previous)
+    """Run ``train() -> (model, tokenizer, report)`` under :func:`reproducible_training`, then
+    save both to ``path`` with ``marker`` (JSON of ``meta``, the training fingerprint and the
+    report) written last, so a half-written folder never counts as cached. A process that loses
+    the race to cache the same model uses the winner's copy."""
+    with reproducible_training():
+        model, tok, report = train()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / marker).write_text(json.dumps({**meta, "report": report}, indent=2))
+        record = {**meta, "fingerprint": training_fingerprint(), "report": report}
+        (tmp / marker).write_text(json.dumps(record, indent=2))
         os.rename(tmp, path)
     except OSError:
         if not (path / marker).is_file():

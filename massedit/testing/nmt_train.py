@@ -4,9 +4,10 @@
 
 The cache is ``<cache>/nmtworld/<arch>-<hash>`` (``$MASSEDIT_CACHE`` or the user cache dir), the
 hash covering the world and the recipe; the folder is written under a temporary name and renamed
-into place, so an interrupted run leaves nothing half-written. Training always runs on one
-thread: the models are small enough that more threads gain little, and one thread makes the
-trained weights (and so every test's numbers) the same on every machine.
+into place, so an interrupted run leaves nothing half-written. Training is bit-reproducible
+(one thread, deterministic kernels: :func:`massedit.testing.model_cache.reproducible_training`),
+so the trained weights, and every test's numbers, are the same on every machine with the same
+torch version and CPU instruction set (both in the cache key), however busy it is.
 """
 
 from __future__ import annotations
@@ -25,12 +26,18 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from massedit.seq2seq.running import encode_output, encode_source, teacher_forced_batch
-from massedit.testing.model_cache import train_and_cache
+from massedit.testing.model_cache import (
+    reproducible_training,
+    train_and_cache,
+    training_fingerprint,
+)
 from massedit.testing.nmt_world import NMTWorld
 from massedit.testing.tiny_seq2seq import build_seq2seq_tokenizer, seq2seq_config
 
 log = logging.getLogger(__name__)
-NMTWORLD_VERSION = 2
+# The recipe's version (bump when generation or training changes): 3 trains under
+# reproducible_training and keys the cache on the training fingerprint.
+NMTWORLD_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,13 @@ NMT_ARCH_SPECS: dict[str, NMTTrainSpec] = {
 
 
 def train_nmt_model(world: NMTWorld, spec: NMTTrainSpec):
-    """A fresh model trained on ``world.train``: ``(model, tok, report)``."""
+    """A fresh model trained on ``world.train``: ``(model, tok, report)``, the same bit for bit
+    whatever the caller's thread count or random state."""
+    with reproducible_training():
+        return _train(world, spec)
+
+
+def _train(world: NMTWorld, spec: NMTTrainSpec):
     tok = build_seq2seq_tokenizer(world.words())
     config = seq2seq_config(spec.arch, tok, n_layer=spec.n_layer, n_dec_layer=spec.n_dec_layer,
                             width=spec.width, mlp_width=spec.mlp_width, heads=spec.heads)
@@ -104,18 +117,24 @@ def _cache_root(cache_dir) -> Path:
 
 
 def nmt_world_model(arch: str = "marian", *, cache_dir: str | os.PathLike | None = None,
-                    seed: int = 0, spec: NMTTrainSpec | None = None):
-    """``(model, tokenizer, world)``: a model trained on the NMT toy world, from the cache."""
+                    seed: int = 0, spec: NMTTrainSpec | None = None,
+                    train_seed: int | None = None):
+    """``(model, tokenizer, world)``: a model trained on the NMT toy world, from the cache.
+
+    ``seed`` drives the world and the training unless ``train_seed`` is given: then the world is
+    that of ``seed`` and the model's initialisation and batches those of ``train_seed`` (an
+    independently trained model of the same world; see ``benchmarks/toy_thresholds.py``)."""
     if spec is None:
         if arch not in NMT_ARCH_SPECS:
             raise ValueError(f"no nmt-world recipe for {arch!r}; known: "
                              f"{', '.join(NMT_ARCH_SPECS)}")
         spec = NMT_ARCH_SPECS[arch]
-    spec = replace(spec, arch=arch, seed=seed)
+    spec = replace(spec, arch=arch, seed=seed if train_seed is None else train_seed)
     world = NMTWorld.generate(seed=seed)
     world_digest = hashlib.sha256(json.dumps([world.train, world.words()]).encode()).hexdigest()
     payload = json.dumps({"version": NMTWORLD_VERSION, "seed": seed, "train": asdict(spec),
-                          "world": world_digest}, sort_keys=True)
+                          "world": world_digest, "fingerprint": training_fingerprint()},
+                         sort_keys=True)
     path = _cache_root(cache_dir) / "nmtworld" / (
         f"{arch}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}")
     if (path / "nmtworld.json").is_file():
@@ -124,5 +143,5 @@ def nmt_world_model(arch: str = "marian", *, cache_dir: str | os.PathLike | None
         return model, AutoTokenizer.from_pretrained(path), world
     model, tok = train_and_cache(
         path, "nmtworld.json", lambda: train_nmt_model(world, spec),
-        {"train": asdict(spec), "version": NMTWORLD_VERSION}, threads=1)
+        {"train": asdict(spec), "version": NMTWORLD_VERSION})
     return model, tok, world

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from transformers import (
 )
 
 from massedit.engine.tokens import encode_target, pad_id_of, pad_right
+from massedit.testing.model_cache import reproducible_training
 from massedit.testing.tokenizer import build_word_tokenizer
 
 if TYPE_CHECKING:
@@ -49,8 +49,8 @@ class TrainSpec:
     seed: int = 0
 
 
-# One recipe per supported architecture (docs/design.md §10: trained in about a minute on two
-# cores).
+# One recipe per supported architecture (docs/design.md §10: trained in one to two minutes on one
+# CPU thread; the wide gpt2 of toyworld.py in about five).
 ARCH_SPECS: dict[str, TrainSpec] = {
     "gpt2": TrainSpec(),
     # Measured: width 128 behaves the same (reads the subject by layer 2) at 3x the training time.
@@ -183,7 +183,18 @@ def _lr_factor(step: int, spec: TrainSpec) -> float:
 def train_toy_model(
     world: ToyWorld, spec: TrainSpec
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
-    """Train a fresh model on ``world``; returns it (eval mode), its tokenizer and a report."""
+    """Train a fresh model on ``world``; returns it (eval mode), its tokenizer and a report.
+
+    Bit-reproducible: the same world and spec give the same weights whatever the caller's thread
+    count or random state and whatever else runs on the machine (see
+    :func:`massedit.testing.model_cache.reproducible_training`)."""
+    with reproducible_training():
+        return _train(world, spec)
+
+
+def _train(
+    world: ToyWorld, spec: TrainSpec
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
     tok = build_word_tokenizer(world.words(), add_bos=spec.arch != "gpt2")
     config = _model_config(spec, tok)
     torch.manual_seed(spec.seed)
@@ -232,17 +243,3 @@ def train_toy_model(
         p_mean,
     )
     return model, tok, report
-
-
-def training_threads() -> int:
-    """Cores not already busy: on an oversubscribed machine extra OpenMP threads spin against
-    other jobs (measured here: 2 threads 6-35x slower than 1 while other work ran)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        busy = 0.0
-    return max(1, min(cores, round(cores - busy)))
