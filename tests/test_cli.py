@@ -175,9 +175,9 @@ def test_finished_run_is_kept_and_other_commands_refused(workspace) -> None:
 BAD_INPUTS = {
     "missing_column": ("prompt,target_new\nThe {} is in,Rome\n", "line 1: missing column"),
     "empty_field": ("prompt,subject,target_new\nThe {} is in,Eiffel Tower,Rome\n"
-                    "The {} is in,,Rome\n", "row 2 (line 3): empty field 'subject'"),
+                    "The {} is in,,Rome\n", "row 2 (line 3): field 'subject' is empty"),
     "subject_not_in_prompt": ("prompt,subject,target_new\nWhere is it,Eiffel Tower,Rome\n",
-                              "row 1 (line 2): subject 'Eiffel Tower' not found in prompt"),
+                              "row 1 (line 2): field 'prompt' contains neither"),
     "duplicate": ("prompt,subject,target_new\nThe {} is in,Big Ben,Rome\n"
                   "The {} is in,Eiffel Tower,Rome\nThe {} is in,Eiffel Tower,Rome\n",
                   "row 3 (line 4): exact duplicate of row 2"),

@@ -96,8 +96,9 @@ def test_all_problems_reported_together(tmp_path: Path) -> None:
     )
     problems = _problems(tmp_path, body)
     assert len(problems) == 5, problems
-    assert problems[0].startswith("row 3 (line 4): empty field 'subject'")
-    assert problems[1].startswith("row 4 (line 5): subject 'Eiffel Tower' not found in prompt")
+    assert problems[0] == "row 3 (line 4): field 'subject' is empty"
+    assert problems[1].startswith("row 4 (line 5): field 'prompt' contains neither a '{}' "
+                                  "placeholder nor the subject 'Eiffel Tower'")
     assert problems[2] == "row 5 (line 6): exact duplicate of row 1"
     assert problems[3].startswith("row 6 (line 7): conflicts with row 1")
     assert problems[4].startswith("row 7 (line 8): target_new equals target_true")

@@ -18,25 +18,60 @@ PLACEHOLDER = "{}"
 
 
 class RequestError(ValueError):
-    """A request is malformed; the message names the request and the field."""
+    """A request (or pair, or check input) is malformed.
+
+    The parts are data, so callers that know more about where the request came from (an edit
+    file's row and line) report it their own way without parsing the message:
+
+    - ``field``: the field at fault (``None`` when no single field is);
+    - ``reason``: what is wrong, without naming the request (``"field 'subject' is empty"``);
+    - ``where``: which request (``"request 7"``), or ``None``;
+    - ``problems``: every ``(field, reason)`` found, when one request has several (all its
+      empty fields); ``[(field, reason)]`` otherwise.
+
+    ``str(err)`` is ``"<where>: <reason>"``.
+
+    >>> err = RequestError("field 'prompt' is empty", field="prompt", where="request 7")
+    >>> str(err), err.field, err.reason
+    ("request 7: field 'prompt' is empty", 'prompt', "field 'prompt' is empty")
+    """
+
+    def __init__(self, reason: str, field: str | None = None, where: str | None = None,
+                 problems: Sequence[tuple[str | None, str]] = ()) -> None:
+        self.reason, self.field, self.where = reason, field, where
+        self.problems = list(problems) or [(field, reason)]
+        super().__init__(f"{where}: {reason}" if where else reason)
+
+    def __reduce__(self):  # keep the parts across pickling (multiprocessing, pytest-xdist)
+        return type(self), (self.reason, self.field, self.where, self.problems)
 
 
-def normalise_template(prompt: str, subject: str, where: str) -> str:
+def empty_fields_error(obj: Any, names: Sequence[str], where: str) -> RequestError | None:
+    """The error for ``obj``'s required ``names`` that are not non-blank strings (all of them
+    listed in ``problems``), or None when every one is filled."""
+    empty = [name for name in names
+             if not isinstance(getattr(obj, name), str) or not getattr(obj, name).strip()]
+    if not empty:
+        return None
+    problems = [(name, f"field {name!r} is empty") for name in empty]
+    return RequestError("; ".join(reason for _, reason in problems), empty[0], where, problems)
+
+
+def normalise_template(prompt: str, subject: str, where: str | None = None) -> str:
     if "{subject}" in prompt:
         prompt = prompt.replace("{subject}", PLACEHOLDER)
     count = prompt.count(PLACEHOLDER)
     if count > 1:
-        raise RequestError(
-            f"{where}: field 'prompt' has {count} '{{}}' placeholders; use exactly one"
-        )
+        raise RequestError(f"field 'prompt' has {count} '{{}}' placeholders; use exactly one",
+                           "prompt", where)
     if count == 1:
         return prompt
     if subject and subject in prompt:
         start = prompt.rindex(subject)
         return prompt[:start] + PLACEHOLDER + prompt[start + len(subject) :]
     raise RequestError(
-        f"{where}: field 'prompt' contains neither a '{{}}' placeholder nor the subject {subject!r}"
-    )
+        f"field 'prompt' contains neither a '{{}}' placeholder nor the subject {subject!r}: "
+        "write the subject out or put {} where it goes", "prompt", where)
 
 
 @dataclass(frozen=True)
@@ -57,11 +92,12 @@ class EditRequest:
     case_id: str | int | None = None
 
     def __post_init__(self) -> None:
+        # The one validation of a request: edit files, readers and the API all rely on it
+        # and report its RequestError's field and reason (docs/design.md §3, §12).
         where = f"request {self.case_id!r}" if self.case_id is not None else "request"
-        for name in ("prompt", "subject", "target_new"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise RequestError(f"{where}: field {name!r} is empty")
+        error = empty_fields_error(self, ("prompt", "subject", "target_new"), where)
+        if error is not None:
+            raise error
         if self.target_true is not None and not str(self.target_true).strip():
             object.__setattr__(self, "target_true", None)
         template = normalise_template(self.prompt, self.subject, where)
@@ -99,7 +135,9 @@ class EditRequest:
 
         missing = [k for k in ("prompt", "subject", "target_new") if k not in row]
         if missing:
-            raise RequestError(f"request {case_id!r}: missing field(s) {', '.join(missing)}")
+            raise RequestError(f"missing field(s) {', '.join(missing)}", missing[0],
+                               f"request {case_id!r}",
+                               [(k, f"missing field {k!r}") for k in missing])
         return cls(
             prompt=row["prompt"],
             subject=row["subject"],

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from massedit.engine.requests import PLACEHOLDER, EditRequest, RequestError, requests_digest
+from massedit.engine.requests import EditRequest, RequestError, requests_digest
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +38,13 @@ JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with an edit file; ``row`` None means the file as a whole."""
+    """One thing wrong with an edit file; ``row`` None means the file as a whole; ``field`` the
+    request field at fault, when one is."""
 
     reason: str
     row: int | None = None
     line: int | None = None
+    field: str | None = None
 
     def __str__(self) -> str:
         if self.row is not None and self.line is not None:
@@ -270,29 +272,23 @@ def _prompt_list(value: Any) -> tuple[str, ...]:
 
 
 def _check_record(rec: Record) -> tuple[EditRequest | None, list[Problem]]:
+    """The row as a request; the request's own validation decides what is wrong with it
+    (``RequestError.problems``: field and reason), reported here with the row and line."""
     values = rec.values
-
-    def problem(reason: str) -> Problem:
-        return Problem(reason, rec.row, rec.line)
-
-    empty = [name for name in REQUIRED if not _text(values.get(name))]
-    if empty:
-        return None, [problem(f"empty field {name!r}") for name in empty]
-    prompt, subject = _text(values["prompt"]), _text(values["subject"])
-    has_placeholder = PLACEHOLDER in prompt or "{subject}" in prompt
-    if not has_placeholder and subject not in prompt:
-        return None, [problem(f"subject {subject!r} not found in prompt {prompt!r} "
-                              "(write it out or put {} where it goes)")]
-    new, true = _text(values["target_new"]), _text(values.get("target_true")) or None
-    if true is not None and new == true:
-        return None, [problem(f"target_new equals target_true ({new!r}): nothing to edit")]
-    case_id = _text(values.get("case_id")) or rec.row
     try:
-        req = EditRequest(prompt, subject, new, true, _prompt_list(values.get("paraphrase")),
-                          _prompt_list(values.get("neighborhood")), case_id)
+        req = EditRequest(
+            _text(values.get("prompt")), _text(values.get("subject")),
+            _text(values.get("target_new")), _text(values.get("target_true")) or None,
+            _prompt_list(values.get("paraphrase")), _prompt_list(values.get("neighborhood")),
+            _text(values.get("case_id")) or rec.row,
+        )
     except RequestError as err:
-        # The engine's message starts with "request <id>: "; the row number replaces it here.
-        return None, [problem(str(err).split(": ", 1)[-1])]
+        return None, [Problem(reason, rec.row, rec.line, field)
+                      for field, reason in err.problems]
+    # An edit file's own rule (evaluation sets such as zsRE hold such records legitimately).
+    if req.target_true == req.target_new:
+        return None, [Problem(f"target_new equals target_true ({req.target_new!r}): nothing to "
+                              "edit", rec.row, rec.line, "target_true")]
     return req, []
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from massedit.engine.requests import RequestError
+from massedit.engine.requests import RequestError, empty_fields_error
 
 
 @dataclass(frozen=True)
@@ -39,16 +39,15 @@ class EditPair:
     case_id: str | int | None = None
 
     def __post_init__(self) -> None:
-        where = f"pair {self.case_id!r}" if self.case_id is not None else "pair"
-        for name in ("negative_source", "positive_source", "span"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise RequestError(f"{where}: field {name!r} is empty")
+        error = empty_fields_error(self, ("negative_source", "positive_source", "span"),
+                                   self.where)
+        if error is not None:
+            raise error
         for name in ("negative_source", "positive_source"):
             if self.span not in getattr(self, name):
                 raise RequestError(
-                    f"{where}: span {self.span!r} does not occur in {name} "
-                    f"{getattr(self, name)!r}")
+                    f"span {self.span!r} does not occur in {name} {getattr(self, name)!r}",
+                    "span", self.where)
         if self.expected_output is not None and not self.expected_output.strip():
             object.__setattr__(self, "expected_output", None)
 
@@ -74,9 +73,10 @@ class CheckInput:
 
     def __post_init__(self) -> None:
         if not self.source.strip():
-            raise RequestError("check input: field 'source' is empty")
+            raise RequestError("field 'source' is empty", "source", "check input")
         if not (self.expected or self.forbidden):
-            raise RequestError(f"check input {self.source!r}: give 'expected' or 'forbidden'")
+            raise RequestError("give 'expected' or 'forbidden'", "expected",
+                               f"check input {self.source!r}")
 
     def passes(self, output: str) -> bool:
         ok = True
@@ -126,11 +126,7 @@ def as_pairs(items: Iterable[EditPair | Mapping[str, Any]], source: str = "") ->
         if isinstance(item, EditPair):
             out.append(item)
             continue
-        missing = [k for k in ("negative_source", "positive_source", "span") if not _field(item, k)]
-        if missing:
-            problems.append(f"row {i}: missing or empty field(s) {', '.join(missing)}")
-            continue
-        try:
+        try:  # EditPair's own validation names the field (empty, span not in a source)
             out.append(EditPair(
                 _field(item, "negative_source"), _field(item, "positive_source"),
                 _field(item, "span"), _field(item, "expected_output"),
