@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import resource
 import subprocess
 import sys
@@ -32,9 +31,7 @@ from pathlib import Path
 import torch
 
 logger = logging.getLogger("stats_throughput")
-DEFAULT_CORPUS = str(Path(os.environ.get(
-    "MASSEDIT_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    / "wikitext-2" / "valid.txt")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _peak_mb() -> float:
@@ -168,7 +165,8 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["speed", "quality", "_run"])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--corpus", default=DEFAULT_CORPUS)
+    ap.add_argument("--corpus", help="default: wikitext-2/valid.txt in the data mirror "
+                    "($MASSEDIT_DATA; for a checkout, shared/data beside it)")
     ap.add_argument("--tokens", type=int, default=20_000)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -177,6 +175,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--multiples", default="10,100")
     args = ap.parse_args()
+    from massedit.data.locations import default_data_root, require_mirror_file
+
+    default_data_root(REPO)  # the developers' data mirror unless $MASSEDIT_DATA names another
+    args.corpus = args.corpus or str(require_mirror_file("wikitext-2/valid.txt"))
+    if args.what == "quality":
+        require_mirror_file("counterfact/counterfact_dev.json")  # the dev records, not a download
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)
     if args.what == "_run":

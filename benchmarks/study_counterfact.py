@@ -8,7 +8,8 @@ same ``--out`` folder; the same command with all methods then finds everything f
 writes the combined report.
 
 Cases are the first ``--n`` dev CounterFact records (``counterfact/counterfact_dev.json`` in the
-shared data folder); statistics come from WikiText-2 validation. ROME writes the facts one at a
+data mirror ``$MASSEDIT_DATA``, for a checkout by default ``shared/data`` beside it); statistics
+come from WikiText-2 validation (``wikitext-2/valid.txt`` there). ROME writes the facts one at a
 time on top of each other (batch size 1, sequential); MEMIT and EMMET write batches of each size
 on the unedited model (batch mode). The study folder (``--out``) gets the combined table, plots
 and ``report.md`` (see ``massedit compare``), and ``scoring_cost.json``: the time teacher-forced
@@ -27,10 +28,11 @@ from pathlib import Path
 
 import torch
 
+from massedit.data.locations import default_data_root, require_mirror_file
 from massedit.engine.tokens import pad_batch, pad_id_of
 from massedit.evals.evaluation import EvalSettings
 from massedit.evals.metrics import COUNTERFACT_FAMILIES
-from massedit.evals.readers import load_eval_dataset, shared_data_dir
+from massedit.evals.readers import load_eval_dataset
 from massedit.evals.scoring import encode_prompt_target, inference_mode, score_targets
 from massedit.evals.study import Combination, StudyOptions, run_study
 from massedit.evals.study_report import render_study
@@ -94,7 +96,7 @@ def main() -> None:
     ap.add_argument("--scoring-cases", type=int, default=10,
                     help="cases whose scoring is timed against bare forward passes")
     ap.add_argument("--stats-corpus", default=None,
-                    help="default: wikitext-2/valid.txt in the shared data folder")
+                    help="default: wikitext-2/valid.txt in the data mirror")
     ap.add_argument("--generation-prompts", type=int, default=2,
                     help="generation prompts per case for fluency (ROME: all 10)")
     ap.add_argument("--max-new-tokens", type=int, default=50)
@@ -104,10 +106,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = shared_data_dir()
-    if root is None:
-        raise SystemExit("the shared data folder was not found; set MASSEDIT_SHARED_DATA")
-    corpus = args.stats_corpus or str(root / "wikitext-2" / "valid.txt")
+    default_data_root(Path(__file__).resolve().parents[1])  # unless $MASSEDIT_DATA is set
+    require_mirror_file("counterfact/counterfact_dev.json")  # the dev records, not a download
+    corpus = args.stats_corpus or str(require_mirror_file("wikitext-2/valid.txt"))
     sizes = tuple(int(b) for b in args.batch_sizes.split(","))
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     batch_methods = tuple(m for m in methods if m != "rome")

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from massedit import Editor, StatsSpec, load_model
+from massedit.data.locations import default_data_root, require_mirror_file
 from massedit.evals.metrics import counterfact_scores, summarize_counterfact
 from massedit.evals.readers import load_eval_dataset
 
@@ -35,11 +36,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--offset", type=int, default=0)
     ap.add_argument("--config", action="append", required=True)
-    ap.add_argument("--stats-corpus", default="../shared/data/wikitext-2/valid.txt")
+    ap.add_argument("--stats-corpus", default=None,
+                    help="default: wikitext-2/valid.txt in the data mirror ($MASSEDIT_DATA)")
     ap.add_argument("--stats-tokens", type=int, default=None)
     ap.add_argument("--out", default="runs/sweep")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # The dev records and WikiText-2 of the developers' mirror, unless $MASSEDIT_DATA is set.
+    default_data_root(Path(__file__).resolve().parents[1])
+    args.stats_corpus = args.stats_corpus or str(require_mirror_file("wikitext-2/valid.txt"))
 
     model, tok = load_model(args.model)
     cases = load_eval_dataset(args.dataset, n=args.offset + args.n)[args.offset :]

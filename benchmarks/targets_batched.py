@@ -12,7 +12,9 @@ Four runs per n:
   reference      one request at a time, every block on full rows at every step (the work the
                  reference implementations do)
 The script checks that the final per-request losses and targets agree and reports seconds per
-edit and the ratios.
+edit and the ratios. Requests are the first dev CounterFact records and prefixes come from
+WikiText-2 validation, both from the data mirror ``$MASSEDIT_DATA`` (for a checkout by default
+``shared/data`` beside it).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import argparse
 import json
 import logging
 import time
+from pathlib import Path
 
 import torch
 
 from massedit import Editor, StatsSpec, load_model
+from massedit.data.locations import default_data_root, require_mirror_file
 from massedit.evals.readers import load_eval_dataset
 from massedit.targets.optimise import compute_targets
 
@@ -43,9 +47,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    default_data_root(Path(__file__).resolve().parents[1])  # unless $MASSEDIT_DATA is set
+    require_mirror_file("counterfact/counterfact_dev.json")  # the dev records, not a download
+    wikitext = require_mirror_file("wikitext-2/valid.txt")
     model, tok = load_model(args.model)
     editor = Editor(model, tok, method="memit", progress=False,
-                    stats=StatsSpec(corpus="../shared/data/wikitext-2/valid.txt"))
+                    stats=StatsSpec(corpus=str(wikitext)))
     prefixes = editor.prefixes()
     hp = editor.hparams.replace(v_num_grad_steps=args.steps)
     if not args.early_stop:

@@ -2,9 +2,10 @@
 
     python benchmarks/trace_speed.py --threads 1 --out runs/trace_speed.json
 
-Traces one known fact with a prompt of about 10 tokens (the first fact of known_1000.json that
-the model predicts and whose prompt has ``--tokens`` tokens) over every layer with ``--samples``
-noise samples, in four ways, and checks that all four give the same table:
+Traces one known fact with a prompt of about 10 tokens (the first fact of ROME's known_1000.json
+that the model predicts and whose prompt has ``--tokens`` tokens; data set ``known_1000``, from the
+data mirror ``$MASSEDIT_DATA``, the cache or the public source) over every layer with
+``--samples`` noise samples, in four ways, and checks that all four give the same table:
 
 - ``one_per_pass``: one restoration (x samples) per forward pass, every block recomputed (ROME);
 - ``one_per_pass_prefix``: the same, blocks below the restored layer replayed from the corrupted
@@ -22,18 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from massedit import load_model
+from massedit.data.datasets import dataset_file
+from massedit.data.locations import default_data_root
 from massedit.trace import load_known, predicted_facts, trace_fact
 
 logger = logging.getLogger("bench")
 
-SHARED = Path(os.environ.get("MASSEDIT_SHARED_DATA", Path(__file__).parents[2] / "shared/data"))
 MODES = {  # name: (batch size or None for --batch-size, reuse_prefix, suffix)
     "one_per_pass": (1, False, False),
     "one_per_pass_prefix": (1, True, False),
@@ -44,7 +45,8 @@ MODES = {  # name: (batch size or None for --batch-size, reuse_prefix, suffix)
 
 
 def pick_fact(model, tok, n_tokens: int) -> dict:
-    facts = load_known(SHARED / "known" / "known_1000.json")
+    default_data_root(Path(__file__).resolve().parents[1])  # unless $MASSEDIT_DATA is set
+    facts = load_known(dataset_file("known_1000"))
     for fact in predicted_facts(model, tok, facts[:300]):
         if len(tok(fact["prompt"])["input_ids"]) == n_tokens:
             return fact

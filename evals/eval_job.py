@@ -5,9 +5,11 @@ tokens are the locality reference), then apply the patch and evaluate again (``p
 is written into a temporary folder renamed to ``--out`` at the end, so an interrupted evaluation
 leaves nothing half-written.
 
-Records whose edit is unusable (zsRE's dev record 534 has an empty ``alt``, i.e. no new target)
-are skipped with a warning and listed in ``config.json`` under ``dataset.skipped``; ``--n`` counts
-the cases that remain. A record missing a field is an error naming its index.
+Records whose edit is unusable (record 534 of the developers' zsRE dev file has an empty ``alt``,
+i.e. no new target) are skipped with a warning and listed in ``config.json`` under
+``dataset.skipped``; ``--n`` counts the cases that remain. A record missing a field is an error
+naming its index. ``config.json`` also names the file that was read and its sha256: a named data
+set may come from the ``$MASSEDIT_DATA`` mirror (possibly a subset), the cache or a download.
 """
 
 from __future__ import annotations
@@ -78,6 +80,17 @@ def load_cases(dataset: str, n: int | None) -> tuple[list[EvalCase], list[int]]:
     skipped: list[int] = []
     cases = load_eval_dataset(dataset, n, skip_invalid=True, skipped=skipped)
     return cases, skipped
+
+
+def dataset_record(dataset: str) -> dict[str, str]:
+    """Which file ``--dataset`` read, and its sha256 (for config.json)."""
+    from massedit.data.datasets import dataset_file
+    from massedit.data.download import sha256_file
+
+    from .readers import NAMED_DATASETS
+
+    path = dataset_file(dataset) if dataset in NAMED_DATASETS else Path(dataset)
+    return {"file": str(Path(path).resolve()), "sha256": sha256_file(path)}
 
 
 def _read_references(path: Path | None) -> dict[str, list[str]] | None:
@@ -176,8 +189,8 @@ def _config(opts: EvalOptions, model, cases, skipped, patch) -> dict[str, Any]:
             "objective": meta.get("objective"), "distribution": meta.get("distribution"),
             "layers": meta.get("layers"), "hparams": meta.get("hparams"),
             "n_requests": meta.get("n_requests")},
-        "dataset": {"name": opts.dataset, "n_requested": opts.n, "n_cases": len(cases),
-                    "skipped": skipped},
+        "dataset": {"name": opts.dataset, **dataset_record(opts.dataset),
+                    "n_requested": opts.n, "n_cases": len(cases), "skipped": skipped},
         "references": None if opts.references is None else str(opts.references),
         "settings": opts.settings.to_dict(),
         "versions": library_versions(),

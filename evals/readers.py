@@ -1,6 +1,6 @@
 """Readers for the evaluation data sets into one :class:`EvalCase` shape.
 
-Three schemas are understood (see ``../shared/data/README.md``):
+Three schemas are understood:
 
 - CounterFact as ROME ships it: ``requested_rewrite{prompt "{}", subject, target_new{str},
   target_true{str}}`` plus ``paraphrase_prompts``, ``neighborhood_prompts``,
@@ -9,7 +9,9 @@ Three schemas are understood (see ``../shared/data/README.md``):
   rephrase_prompt, locality_prompt, locality_ground_truth``;
 - zsRE as MEND/MEMIT prepared it: ``subject, src, rephrase, alt, answers, loc, loc_ans``.
 
-Errors name the file, the record's index and the missing or bad field.
+Errors name the file, the record's index and the missing or bad field. Named data sets are found
+by :mod:`massedit.data.datasets` (the ``$MASSEDIT_DATA`` mirror, the cache, or a download from
+the public source); ``counterfact_sample`` ships with massedit.
 
 >>> cases = load_eval_dataset("counterfact", n=10)  # doctest: +SKIP
 >>> cases[0].request.text, cases[0].request.target_new  # doctest: +SKIP
@@ -26,16 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from massedit.data.datasets import dataset_file
+from massedit.data.locations import data_root
 from massedit.engine.requests import EditRequest, RequestError
 
 logger = logging.getLogger(__name__)
 
-SHARED_DATA_ENV = "MASSEDIT_SHARED_DATA"
-# Named data sets, relative to the shared data folder.
+# Named evaluation data sets and their schemas; massedit.data.datasets finds their files.
 NAMED_DATASETS: dict[str, str] = {
-    "counterfact": "counterfact/counterfact_dev.json",
-    "counterfact_easyedit": "counterfact/counterfact_train_easyedit.json",
-    "zsre": "zsre/zsre_dev.json",
+    "counterfact": "counterfact",
+    "counterfact_sample": "counterfact",
+    "counterfact_easyedit": "counterfact_easyedit",
+    "zsre": "zsre",
 }
 
 
@@ -267,8 +271,8 @@ def read_zsre(
 ) -> list[EvalCase]:
     """zsRE in MEND's schema: edit ``src`` -> ``alt``; ``loc``/``loc_ans`` is the unrelated fact.
 
-    The shared dev file has one record (index 534) with an empty ``alt``; reading it raises unless
-    ``skip_invalid=True``.
+    The developers' 700-record dev file (``zsre/zsre_dev.json`` in the data mirror) has one
+    record (index 534) with an empty ``alt``; reading it raises unless ``skip_invalid=True``.
     """
     return _read(path, "zsre", n, skip_invalid)
 
@@ -290,35 +294,25 @@ def detect_schema(record: Any, where: str = "record 0") -> str:
 
 
 def shared_data_dir() -> Path | None:
-    """The shared data folder: ``$MASSEDIT_SHARED_DATA``, else ``../shared/data`` relative to the
-    working directory, else relative to the repository root; ``None`` when none exists."""
-    env = os.environ.get(SHARED_DATA_ENV)
-    if env:
-        return Path(env) if Path(env).is_dir() else None
-    repo_root = Path(__file__).resolve().parent.parent
-    for candidate in (Path.cwd() / ".." / "shared" / "data", repo_root / ".." / "shared" / "data"):
-        if candidate.is_dir():
-            return candidate.resolve()
-    return None
+    """The local data mirror, ``$MASSEDIT_DATA`` (an older name of
+    :func:`massedit.data.locations.data_root`, kept for callers of ``massedit.evals``)."""
+    return data_root()
 
 
 def load_eval_dataset(
     name_or_path: str | os.PathLike, n: int | None = None, *, skip_invalid: bool = False,
     skipped: list[int] | None = None,
 ) -> list[EvalCase]:
-    """Cases from a named data set (``"counterfact"``, ``"counterfact_easyedit"``, ``"zsre"``,
-    found in :func:`shared_data_dir`) or a JSON/JSONL file whose schema is read from its first
-    record. With ``skip_invalid``, records whose values are unusable (an empty target) are left
-    out and their indices appended to ``skipped``; missing fields are always an error."""
+    """Cases from a named data set (:data:`NAMED_DATASETS`: ``"counterfact"``,
+    ``"counterfact_sample"``, ``"counterfact_easyedit"``, ``"zsre"``; see
+    :func:`massedit.data.datasets.dataset_file` for where each is found) or a JSON/JSONL file
+    whose schema is read from its first record. With ``skip_invalid``, records whose values are
+    unusable (an empty target) are left out and their indices appended to ``skipped``; missing
+    fields are always an error."""
     name = str(name_or_path)
     if name in NAMED_DATASETS:
-        root = shared_data_dir()
-        if root is None:
-            raise FileNotFoundError(
-                f"data set {name!r} lives in the shared data folder, which was not found; set "
-                f"{SHARED_DATA_ENV} or run from a folder with ../shared/data"
-            )
-        return _read(root / NAMED_DATASETS[name], name, n, skip_invalid, skipped)
+        path = dataset_file(name)
+        return _read(path, NAMED_DATASETS[name], n, skip_invalid, skipped)
     path = Path(name_or_path)
     if not path.exists() and path.suffix not in (".json", ".jsonl"):
         raise ValueError(f"unknown data set {name!r}: use one of {sorted(NAMED_DATASETS)} or the "

@@ -1,4 +1,4 @@
-"""Shared fixtures: a statistics corpus for tiny models, the shared data folder, caches."""
+"""Shared fixtures: a statistics corpus for tiny models, the data mirror, caches."""
 
 from __future__ import annotations
 
@@ -9,11 +9,45 @@ from pathlib import Path
 import pytest
 import torch
 
+from massedit.data.locations import DATA_ENV, default_data_root, describe_data_root
+
 REPO = Path(__file__).resolve().parents[1]
+# The one data setting (docs/design.md §10): tests read the developers' data mirror through
+# $MASSEDIT_DATA, which defaults to the one beside the checkout. Point it at an empty folder to
+# run the suite as a clone without data would: the tests that need a file skip, naming it.
+default_data_root(REPO)
 
 
 def shared_data() -> Path:
-    return Path(os.environ.get("MASSEDIT_SHARED_DATA", REPO.parent / "shared" / "data"))
+    """The data mirror the tests read (``$MASSEDIT_DATA``)."""
+    return Path(os.environ[DATA_ENV])
+
+
+_NO_DATA = "data file "
+
+
+def needs_data(*relative: str):
+    """Skip unless every file is in the data mirror; the reason names the missing file and the
+    setting."""
+    missing = [r for r in relative if not (shared_data() / r).is_file()]
+    return pytest.mark.skipif(
+        bool(missing), reason=f"{_NO_DATA}{missing[0] if missing else ''} not found "
+        f"({describe_data_root()}; set {DATA_ENV} to a data mirror that has it)")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Even under ``-q``, list the tests skipped for lack of data and why (``make test`` on a
+    clone without the data mirror)."""
+    lines = []
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else ""
+        reason = reason.removeprefix("Skipped: ")
+        if reason.startswith(_NO_DATA):
+            lines.append(f"  {report.nodeid}: {reason}")
+    if lines:
+        terminalreporter.write_line(f"{len(lines)} test(s) skipped for lack of data:")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

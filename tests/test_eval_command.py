@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import needs_data
 from tests.test_cli import invoke
 
 # Quick edits of the toy model: its facts are memorised strongly, so the rank-one updates that
@@ -158,6 +159,7 @@ def test_zsre_record_without_new_target_is_skipped_and_listed(toy, tmp_path) -> 
     assert summary["reliability"]["pre"] == 0.0  # the model answers its own (true) object
 
 
+@needs_data("zsre/zsre_dev.json")
 def test_shared_zsre_dev_skips_only_record_534() -> None:
     from massedit.evals.eval_job import load_cases
 

@@ -1,4 +1,5 @@
-"""Readers for CounterFact (ROME and EasyEdit forms) and zsRE: shared files and bad input."""
+"""Readers for CounterFact (ROME and EasyEdit forms) and zsRE: the data mirror's files, the shipped
+sample and bad input."""
 
 from __future__ import annotations
 
@@ -13,14 +14,10 @@ from massedit.evals import (
     read_counterfact,
     read_counterfact_easyedit,
     read_zsre,
-    shared_data_dir,
 )
+from tests.conftest import needs_data, shared_data
 
-SHARED = shared_data_dir()
-needs_shared = pytest.mark.skipif(
-    SHARED is None,
-    reason="shared data folder not found (set MASSEDIT_SHARED_DATA or provide ../shared/data)",
-)
+SHARED = shared_data()
 
 COUNTERFACT = {
     "case_id": 18,
@@ -143,13 +140,29 @@ def test_n_bounds(tmp_path: Path) -> None:
         read_counterfact(path, n=0)
 
 
-def test_named_dataset_without_shared_folder(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("MASSEDIT_SHARED_DATA", str(tmp_path / "absent"))
-    with pytest.raises(FileNotFoundError, match="MASSEDIT_SHARED_DATA"):
+def test_named_dataset_without_mirror_cache_or_network(tmp_path: Path, monkeypatch) -> None:
+    import massedit.data.download as download
+
+    def offline(url, fh, digest):
+        raise OSError("network unreachable")
+
+    monkeypatch.setenv("MASSEDIT_DATA", str(tmp_path / "absent"))
+    monkeypatch.setenv("MASSEDIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(download, "_copy_url", offline)
+    with pytest.raises(FileNotFoundError, match="MASSEDIT_DATA") as err:
         load_eval_dataset("counterfact")
+    assert "counterfact/counterfact.json" in str(err.value)
+    assert "https://rome.baulab.info/data/dsets/counterfact.json" in str(err.value)
 
 
-@needs_shared
+def test_shipped_counterfact_sample_reads_offline(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MASSEDIT_DATA", str(tmp_path / "absent"))
+    cases = load_eval_dataset("counterfact_sample")
+    assert len(cases) == 200 and cases[0].rewrite_prompts == ("Porsche 911, created by",)
+    assert all(len(c.paraphrase_prompts) == 2 and c.neighborhood_prompts for c in cases)
+
+
+@needs_data("counterfact/counterfact_dev.json")
 def test_shared_counterfact() -> None:
     cases = load_eval_dataset("counterfact")
     assert len(cases) == 216
@@ -163,7 +176,7 @@ def test_shared_counterfact() -> None:
         load_eval_dataset("counterfact", n=217)
 
 
-@needs_shared
+@needs_data("counterfact/counterfact_train_easyedit.json")
 def test_shared_counterfact_easyedit() -> None:
     cases = load_eval_dataset("counterfact_easyedit", n=200)
     assert len(cases) == 200
@@ -173,7 +186,7 @@ def test_shared_counterfact_easyedit() -> None:
     assert load_eval_dataset(path, n=3)[2] == cases[2]
 
 
-@needs_shared
+@needs_data("zsre/zsre_dev.json")
 def test_shared_zsre() -> None:
     # record 534 of the shared dev file has an empty 'alt' (target_new)
     with pytest.raises(DatasetError, match="record 534"):
@@ -184,7 +197,11 @@ def test_shared_zsre() -> None:
     assert cases[0].request.text == "What is the product made by UniFirst?"
 
 
-@needs_shared
-def test_shared_folder_from_env(monkeypatch) -> None:
-    monkeypatch.setenv("MASSEDIT_SHARED_DATA", str(SHARED))
-    assert len(load_eval_dataset("zsre", n=5)) == 5
+def test_mirror_folder_from_env(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "zsre").mkdir()
+    (tmp_path / "zsre" / "zsre_dev.json").write_text(json.dumps([ZSRE] * 3))
+    monkeypatch.setenv("MASSEDIT_DATA", str(tmp_path))
+    assert len(load_eval_dataset("zsre")) == 3
+    # The public file's name, when the mirror has it, comes first.
+    (tmp_path / "zsre" / "zsre_mend_eval.json").write_text(json.dumps([ZSRE] * 2))
+    assert len(load_eval_dataset("zsre")) == 2

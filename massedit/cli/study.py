@@ -21,8 +21,10 @@ from massedit.cli.common import (
 from massedit.models.loading import DEFAULT_MODEL
 
 DatasetOpt = Annotated[str, typer.Option(
-    "--dataset", help="counterfact, counterfact_easyedit, zsre (shared data folder) or a "
-    ".json/.jsonl file in one of their schemas.")]
+    "--dataset", help="counterfact or zsre (from $MASSEDIT_DATA, the cache, or downloaded "
+    "from the public source on first use), counterfact_sample (200 records shipped with "
+    "massedit), counterfact_easyedit ($MASSEDIT_DATA only), or the path of a .json/.jsonl file "
+    "in one of their schemas.")]
 FluencyOpt = Annotated[bool, typer.Option(
     help="Sample generations for fluency (ROME's n-gram entropy) where cases have generation "
     "prompts.")]

@@ -1,7 +1,8 @@
 """Text sources for statistics and context prefixes: local files, hub datasets, or the model.
 
-``"self"`` means text sampled from the model itself with a fixed seed, the fallback for the
-embedded default model when no corpus is given and the hub cannot be reached.
+``"wikitext-excerpt"`` names the WikiText excerpt shipped with massedit
+(``massedit.data.embedded``), the default corpus when none is given and the hub cannot be reached.
+``"self"`` means text sampled from the model itself with a fixed seed (slow: only when asked for).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
+from massedit.data.embedded import embedded_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -104,16 +107,22 @@ def _model_texts(model, tok, seed: int, n_texts: int = 10_000, length: int = 128
         yield from tok.batch_decode(out, skip_special_tokens=True)
 
 
+def _local_path(corpus: str) -> Path:
+    """The file or folder a corpus string names: a shipped corpus's file, else the path itself."""
+    return embedded_corpus(corpus) or Path(corpus).expanduser()
+
+
 def iter_texts(corpus: str, model=None, tok=None, seed: int = 0, rank: int = 0,
                world: int = 1) -> Iterator[str]:
     """Texts of a corpus: a local .txt/.json/.jsonl file, a folder of them (name order),
-    ``"self"``, or a hub dataset id (``name[:config]``, streamed)."""
+    ``"wikitext-excerpt"`` (shipped), ``"self"``, or a hub dataset id (``name[:config]``,
+    streamed)."""
     if corpus == "self":
         if model is None:
             raise ValueError("corpus 'self' needs the model to sample from")
         yield from _model_texts(model, tok, seed + rank)
         return
-    path = Path(corpus).expanduser()
+    path = _local_path(corpus)
     if path.exists():
         texts = _path_texts(path)
         if world > 1:  # deterministic round-robin shard of a local file
@@ -130,7 +139,7 @@ def corpus_id(corpus: str) -> str:
     content hash, else its name."""
     import hashlib
 
-    path = Path(corpus).expanduser()
+    path = _local_path(corpus)
     if path.is_file():
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         return f"file:{path.name}:{digest}"

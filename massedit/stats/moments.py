@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 from massedit.data.corpus import DEFAULT_CORPUS, corpus_id, iter_texts
+from massedit.data.embedded import WIKITEXT_EXCERPT
 from massedit.data.locations import cache_root
 from massedit.engine.problem import SecondMoment
 from massedit.models.adapters import get_adapter
@@ -51,7 +52,9 @@ __all__ = [
 
 
 def resolve_corpus(spec: StatsSpec, model, tok) -> str:
-    """The corpus to use: the spec's, else the hub default, else text sampled from the model."""
+    """The corpus to use: the spec's, else WikiText-103 streamed from the hub, else the WikiText
+    excerpt shipped with massedit (docs/design.md §6). Text sampled from the model (``"self"``)
+    is used only when asked for: making it takes far longer than any statistics pass."""
     if spec.corpus:
         return spec.corpus
     try:
@@ -59,10 +62,11 @@ def resolve_corpus(spec: StatsSpec, model, tok) -> str:
         return DEFAULT_CORPUS
     except Exception as err:
         logger.warning(
-            "default corpus %s unreachable (%s): statistics from text sampled from the model "
-            "(seed %d); pass a corpus for better statistics", DEFAULT_CORPUS, err, spec.seed,
+            "default corpus %s unreachable (%s): statistics from the WikiText excerpt shipped "
+            "with massedit (%r, about 72,000 tokens); pass a corpus for more",
+            DEFAULT_CORPUS, err, WIKITEXT_EXCERPT,
         )
-        return "self"
+        return WIKITEXT_EXCERPT
 
 
 def check_corpus(corpus: str) -> None:
