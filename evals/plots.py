@@ -7,7 +7,6 @@ seeds; the bars are the standard deviation over seeds when there are several.
 
 from __future__ import annotations
 
-import os
 import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+from massedit.atomic import atomic_path  # noqa: E402
 
 Series = dict[str, dict[str, list[tuple[int, float, float]]]]
 
@@ -45,14 +46,11 @@ def series(rows: Sequence[Mapping[str, Any]], metric: str) -> dict[str, list[tup
 
 def _save(fig, path: str | Path) -> None:
     """Write under a temporary name, then rename: no half-written PNG after an interruption."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fig.savefig(tmp, dpi=100, format="png")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def _draw(ax, found: dict[str, list[tuple]], log_y: bool = False) -> None:

@@ -44,7 +44,7 @@ def test_two_processes_converting_the_embedded_model_at_once(monkeypatch, tmp_pa
     import os
     import shutil
 
-    import massedit.models.loading as loading
+    import massedit.atomic as atomic
 
     monkeypatch.setenv("MASSEDIT_CACHE", str(tmp_path))
     real_replace = os.replace
@@ -53,7 +53,7 @@ def test_two_processes_converting_the_embedded_model_at_once(monkeypatch, tmp_pa
         shutil.copytree(src, dst)  # the other process's complete copy lands first
         real_replace(src, dst)  # ours then fails: the directory is not empty
 
-    monkeypatch.setattr(loading.os, "replace", other_process_wins)
+    monkeypatch.setattr(atomic.os, "replace", other_process_wins)
     model, tok = load_model("smollm2-135m")
     target = tmp_path / "models" / "smollm2-135m"
     assert (target / "config.json").exists()

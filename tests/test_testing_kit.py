@@ -196,7 +196,7 @@ def test_toy_training_is_bit_reproducible_whatever_the_callers_threads(monkeypat
 
 
 def test_toy_world_cache_leaves_nothing_half_written(tmp_path, monkeypatch):
-    import massedit.testing.toyworld as toyworld
+    import massedit.atomic as atomic
 
     monkeypatch.setenv("MASSEDIT_CACHE", str(tmp_path))
     spec = TrainSpec(steps=2, eval_every=2, batch_size=2)
@@ -204,7 +204,7 @@ def test_toy_world_cache_leaves_nothing_half_written(tmp_path, monkeypatch):
     def interrupted(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(toyworld.os, "rename", interrupted)
+    monkeypatch.setattr(atomic.os, "replace", interrupted)  # the cache folder's rename
     with pytest.raises(OSError, match="disk full"):
         toy_world_model(spec=spec)
     assert list((tmp_path / "toyworld").iterdir()) == []  # the temporary folder is gone

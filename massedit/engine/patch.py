@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from massedit.atomic import atomic_dir
 from massedit.engine.problem import Delta
 from massedit.models.adapters import Layout, get_module, read_weight, write_weight
 
@@ -104,9 +103,8 @@ class EditPatch:
     def save(self, directory: str | os.PathLike, *, include_originals: bool = True) -> Path:
         """Write ``patch.json``, ``deltas.safetensors`` and ``originals.safetensors`` atomically."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
-        try:
+        # A new folder renamed into place (an older save of this patch is replaced).
+        with atomic_dir(directory, overwrite=True) as tmp:
             tensors, index = {}, []
             for i, sd in enumerate(self.deltas):
                 entry = {
@@ -137,12 +135,6 @@ class EditPatch:
                 "metadata": {**self.metadata, "layouts": layouts},
             }
             (tmp / "patch.json").write_text(json.dumps(doc, indent=2, default=str))
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
         return directory
 
     @classmethod

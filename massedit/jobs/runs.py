@@ -14,17 +14,18 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from massedit.atomic import atomic_dir as atomic_dir
+from massedit.atomic import write_json_atomic as write_json_atomic
+from massedit.atomic import write_safetensors_atomic
+from massedit.atomic import write_text_atomic as write_text_atomic
 from massedit.engine.patch import EditPatch
 
 logger = logging.getLogger(__name__)
@@ -37,48 +38,7 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used for this command (it belongs to another one)."""
 
 
-# ---- atomic writes ----------------------------------------------------------------------------
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
-
-
-@contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder that becomes ``path`` when the block ends without error.
-
-    >>> with atomic_dir("out/model") as tmp:  # doctest: +SKIP
-    ...     model.save_pretrained(tmp)
-    """
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path} already exists; it is never overwritten")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-
-
+# ---- atomic writes (massedit.atomic; the names stay importable from here) -----------------
 def save_pretrained_atomic(model, tok, path: str | os.PathLike) -> Path:
     """``save_pretrained`` of model and tokenizer into a new folder, renamed into place."""
     with atomic_dir(path) as tmp:
@@ -155,11 +115,7 @@ class RunDir:
         batches) is written first, beside it, and kept as long as its checkpoint."""
         root = self.path / CHECKPOINTS
         if state:
-            root.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=root, prefix=".state.", suffix=".tmp")
-            os.close(fd)
-            save_file(state, tmp)
-            os.replace(tmp, root / f"state-{batches_done:06d}.safetensors")
+            write_safetensors_atomic(root / f"state-{batches_done:06d}.safetensors", state)
         snapshot = EditPatch(list(patch.deltas), patch.originals, patch.base_digests,
                              {**patch.metadata, "checkpoint": {"batches_done": batches_done,
                                                                "requests_done": requests_done}})

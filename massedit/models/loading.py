@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from massedit.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -57,22 +56,11 @@ def _embedded_folder() -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf.state_dict(), strict=False)
     plain.tie_weights()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{DEFAULT_MODEL}."))
-    try:
+    # Another process may convert it at the same time (two jobs started at once on a fresh
+    # machine): if it renames its complete copy into place first, that copy is as good as ours.
+    with atomic_dir(target, complete_marker="config.json") as tmp:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process converted it first (two jobs started at once on a fresh
-            # machine): its complete copy is as good as ours.
-            if not (target / "config.json").exists():
-                raise
-            logger.info("another process wrote %s first; using it", target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return target
 
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from massedit.atomic import atomic_path
 from massedit.engine.patch import EditPatch
 from massedit.models.seq2seq import Site, edit_sites
 from massedit.seq2seq.pair_edit import PairEditor
@@ -151,8 +152,9 @@ def plot_sweep(rows: Sequence[SweepRow], path: str | Path, title: str = "") -> P
     ax.set_title(title or "pair edit: efficacy per FF layer")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -2,9 +2,9 @@
 
 Each site's statistics are one safetensors file holding the sum of ``k kᵀ`` (tensor ``total``)
 whose metadata carries the fingerprint of everything the sum depends on (docs/design.md §6), the
-token
-count and a checksum. The file name is the site plus a hash of the fingerprint, so a change to
-any part of the spec gives another file; a mismatched or corrupt file is reported and recomputed.
+token count and a checksum. The file name is the site plus a hash of the fingerprint, so a change
+to any part of the spec gives another file; a mismatched or corrupt file is reported and
+recomputed. Files are written with :mod:`massedit.atomic`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from massedit.atomic import write_safetensors_atomic as write_safetensors_atomic  # re-export
 from massedit.data.corpus import corpus_id
 from massedit.engine.problem import SecondMoment
 
@@ -131,20 +131,6 @@ def load_cached(path: Path, fp: dict) -> SecondMoment | None:
     except Exception as err:  # unreadable or truncated file
         logger.warning("statistics file %s is unreadable (%s): recomputing", path, err)
         return None
-
-
-def write_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor],
-                             meta: dict[str, str]) -> None:
-    """A temporary file in the same folder, then a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_moment(path: Path, fp: dict, moment: SecondMoment, extra: dict | None = None) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from massedit.stats.cache import checksum, digest, stats_dir, write_safetensors_atomic
+from massedit.atomic import write_safetensors_atomic
+from massedit.stats.cache import checksum, digest, stats_dir
 from massedit.stats.distributed import Dist
 
 logger = logging.getLogger(__name__)

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from massedit.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +64,9 @@ def train_and_cache(
     the race to cache the same model uses the winner's copy."""
     with reproducible_training():
         model, tok, report = train()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
-    try:
+    with atomic_dir(path, complete_marker=marker) as tmp:  # a lost race uses the winner's copy
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         record = {**meta, "fingerprint": training_fingerprint(), "report": report}
         (tmp / marker).write_text(json.dumps(record, indent=2))
-        os.rename(tmp, path)
-    except OSError:
-        if not (path / marker).is_file():
-            raise
-        log.info("another process cached %s first; using its copy", path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return model, tok

@@ -8,13 +8,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from massedit.atomic import atomic_path
 from massedit.trace.average import CATEGORIES, AverageTrace
 from massedit.trace.result import KIND_TITLES, FactTrace
 
@@ -30,16 +29,9 @@ def _xlabel(kind: str, window: int) -> str:
 def _save(fig: Figure, path: str | Path) -> Path:
     """Render to a temporary file beside ``path`` and rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=f".tmp{path.suffix}") as tmp:  # savefig reads the extension
         fig.savefig(tmp, bbox_inches="tight", dpi=150)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

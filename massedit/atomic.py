@@ -1,0 +1,145 @@
+"""Atomic writes: a temporary name in the same folder, then a rename (docs/design.md §12).
+
+Readers (another process, a resumed run, a cache lookup) see either the old file or the whole
+new one, never half of one: ``os.replace`` within one file system is atomic. The temporary name
+is hidden (``.name.<random>.tmp``), so folder listings that glob ``*.safetensors`` or
+``batch-*`` never pick it up, and it is removed when the write fails or is interrupted.
+
+Files are fsynced before the rename and the folder after it, so after a power cut the new
+name holds the new bytes, not an empty file (ext4/xfs may otherwise order the rename first).
+
+>>> write_json_atomic("out/run.json", {"status": "running"})  # doctest: +SKIP
+>>> with atomic_path("out/deltas.safetensors") as tmp:  # writers that need a path
+...     save_file(tensors, tmp)  # doctest: +SKIP
+>>> with atomic_dir("out/model") as tmp:  # whole folders
+...     model.save_pretrained(tmp)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+
+def _fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk; best effort on systems that
+    cannot open folders (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync_path(Path(folder) / name)
+        _fsync_path(Path(folder))
+
+
+@contextmanager
+def atomic_path(path: PathLike, *, suffix: str = ".tmp", fsync: bool = True) -> Iterator[Path]:
+    """Yield a temporary file path beside ``path`` (the file exists, empty) for writers that
+    need a path (safetensors ``save_file``, ``savefig``, streamed downloads); when the block
+    ends without error it is renamed to ``path``, otherwise removed.
+
+    ``suffix`` ends the temporary name: keep the default ``.tmp`` unless the writer infers the
+    format from the extension (then e.g. ``".tmp.png"``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if fsync:
+            _fsync_path(tmp)
+        os.replace(tmp, path)
+        if fsync:
+            _fsync_path(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: PathLike, data: bytes, *, fsync: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path, fsync=fsync) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: PathLike, text: str, *, fsync: bool = True) -> Path:
+    """Write ``text`` as UTF-8 to ``path`` atomically, line endings as given."""
+    return write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)
+
+
+def write_json_atomic(path: PathLike, obj: Any, *, fsync: bool = True) -> Path:
+    """Write ``obj`` as indented JSON (anything else as ``str``) to ``path`` atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n", fsync=fsync)
+
+
+def write_safetensors_atomic(path: PathLike, tensors: dict[str, Any],
+                             metadata: dict[str, str] | None = None, *,
+                             fsync: bool = True) -> Path:
+    """Save ``tensors`` (moved to CPU, made contiguous) as safetensors at ``path`` atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path, fsync=fsync) as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                  metadata=metadata)
+    return Path(path)
+
+
+@contextmanager
+def atomic_dir(path: PathLike, *, overwrite: bool = False, complete_marker: str | None = None,
+               fsync: bool = True) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path`` that becomes ``path`` when the block
+    ends without error (removed otherwise).
+
+    - By default an existing ``path`` is refused up front (``FileExistsError``): outputs are
+      never overwritten.
+    - ``overwrite=True`` replaces an existing ``path`` (its removal and the rename are two
+      steps: for folders only this process writes, such as a patch being re-saved).
+    - ``complete_marker`` (a file name) is for caches that several processes may fill at once:
+      if the rename fails because ``path`` appeared meanwhile and holds that file, another
+      process won the race with a complete copy; ours is dropped and no error is raised.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite and complete_marker is None:
+        raise FileExistsError(f"{path} already exists; it is never overwritten")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if fsync:
+            _fsync_tree(tmp)
+        if overwrite and path.exists():
+            shutil.rmtree(path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if complete_marker is None or not (path / complete_marker).is_file():
+                raise
+            logger.info("another process wrote %s first; using its copy", path)
+        if fsync:
+            _fsync_path(path.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
