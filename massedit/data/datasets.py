@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from massedit.atomic import write_text_atomic
 from massedit.data.download import DownloadError, download, sha256_file
 from massedit.data.embedded import embedded_file
 from massedit.data.locations import DATA_ENV, cache_root, describe_data_root, mirror_file
@@ -136,10 +135,7 @@ def _intact(path: Path, source: DataSource) -> bool:
 
 
 def _record_digest(path: Path, digest: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(digest + "\n")
-    os.replace(tmp, _digest_path(path))
+    write_text_atomic(_digest_path(path), digest + "\n")
 
 
 def _where_to_look(source: DataSource) -> str:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+from massedit.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +54,10 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
     downloaded file is unusable (e.g. not the expected JSON structure); it runs on the temporary
     file, before the rename."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(dest, suffix=".part") as tmp:  # renamed into place only when accepted
         digest = hashlib.sha256()
         logger.info("downloading %s to %s", url, dest)
-        with os.fdopen(fd, "wb") as fh:
+        with tmp.open("wb") as fh:
             try:
                 size = _copy_url(url, fh, digest)
             except OSError as err:  # URLError and HTTPError are OSErrors
@@ -74,8 +72,5 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
             except (ValueError, OSError) as err:
                 raise DownloadError(f"{url}: the downloaded file is not usable ({err}); it was "
                                     "not kept") from err
-        os.replace(tmp, dest)
-        logger.info("%s: %d bytes, sha256 %s", dest, size, actual)
-        return actual
-    finally:
-        tmp.unlink(missing_ok=True)
+    logger.info("%s: %d bytes, sha256 %s", dest, size, actual)
+    return actual
