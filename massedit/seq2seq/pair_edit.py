@@ -7,7 +7,8 @@
 The update is any registered objective's closed form (default ``equality``: ROME for one pair,
 EMMET for a batch) on a :class:`~massedit.contracts.LayerProblem` built from the pairs' keys and
 residuals (:mod:`massedit.seq2seq.pair_keys`) and the site's second moment over parallel text
-(:mod:`massedit.seq2seq.moments`); the result is an ordinary :class:`~massedit.EditPatch`.
+(:mod:`massedit.seq2seq.moments`, kept in the statistics store); the result is an ordinary
+:class:`~massedit.EditPatch`.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class PairEditor:
     def __init__(
         self, model, tok, *, corpus: str | Path | Sequence[tuple[str, str]],
         objective: str = "equality", settings: PairSettings | None = None,
-        hparams: EditHparams | None = None, **overrides: Any,
+        hparams: EditHparams | None = None, cache_dir: str | Path | None = None,
+        **overrides: Any,
     ) -> None:
         self.model, self.tok = model, tok
         self.adapter = require_seq2seq(model)
@@ -89,6 +91,7 @@ class PairEditor:
         hp = hparams or EditHparams(mu=0.0)
         self.hparams = hp.replace(**overrides) if overrides else hp
         self.corpus = parallel_corpus(corpus, model, tok)
+        self.cache_dir = cache_dir  # the statistics store's root (None: the massedit cache)
         self._moments: dict[tuple[str, int], SecondMoment] = {}
 
     # ---- pieces ------------------------------------------------------------------------------
@@ -101,10 +104,12 @@ class PairEditor:
         return per * self.adapter.stack(site.stack).mlp_width(self.model.config)
 
     def moments(self, sites: Sequence[Site], tokens: int) -> dict[str, SecondMoment]:
-        """Moments of ``sites`` at this budget; the missing ones in one pass."""
+        """Moments of ``sites`` at this budget: kept for this editor, read from the statistics
+        store, or the missing ones in one pass (then stored)."""
         missing = [s for s in sites if (s.name, tokens) not in self._moments]
         if missing:
-            found = parallel_moments(self.model, self.tok, missing, self.corpus, tokens)
+            found = parallel_moments(self.model, self.tok, missing, self.corpus, tokens,
+                                     cache_dir=self.cache_dir)
             self._moments.update({(name, tokens): m for name, m in found.items()})
         return {s.name: self._moments[(s.name, tokens)] for s in sites}
 

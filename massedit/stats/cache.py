@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,21 +67,21 @@ def model_identity(model) -> str:
     return f"local:{h.hexdigest()[:16]}"
 
 
-def fingerprint(model, site: str, spec: StatsSpec, corpus: str, tokens: int) -> dict:
-    """Everything one site's sum depends on."""
+def site_fingerprint(model, site: str, corpus_key: str, tokens: int, **fields: object) -> dict:
+    """Everything one site's sum depends on: the store's format, the model, the site, the corpus
+    (``corpus_key``, a content identity), the token budget, and the pass's own choices
+    (``fields``: a corpus pass's max_length, dtype and seed; a parallel-text pass's kind and
+    batch size)."""
     from massedit.version import __version__
 
-    return {
-        "format": STATS_FORMAT,
-        "model": model_identity(model),
-        "site": site,
-        "corpus": corpus_id(corpus),
-        "tokens": tokens,
-        "max_length": spec.max_length,
-        "dtype": spec.dtype,
-        "seed": spec.seed,
-        "massedit": __version__,
-    }
+    return {"format": STATS_FORMAT, "model": model_identity(model), "site": site,
+            "corpus": corpus_key, "tokens": tokens, **fields, "massedit": __version__}
+
+
+def fingerprint(model, site: str, spec: StatsSpec, corpus: str, tokens: int) -> dict:
+    """Everything one site's sum over a text corpus depends on (docs/design.md §6)."""
+    return site_fingerprint(model, site, corpus_id(corpus), tokens, max_length=spec.max_length,
+                            dtype=spec.dtype, seed=spec.seed)
 
 
 def digest(obj) -> str:
@@ -143,6 +144,31 @@ def save_moment(path: Path, fp: dict, moment: SecondMoment, extra: dict | None =
         **{k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()},
     }
     write_safetensors_atomic(path, {"total": total}, meta)
+
+
+def cached_moments(
+    root: Path, fps: Mapping[str, dict],
+    compute: Callable[[list[str]], Mapping[str, SecondMoment]], extra: dict | None = None,
+) -> dict[str, SecondMoment]:
+    """Each site's moment from the store when its file matches ``fps[site]`` and is intact;
+    ``compute(missing_sites)`` gives the others, which are then stored (an unwritable cache is
+    reported and the moments are used anyway). One process: ``get_moments`` adds the
+    distributed agreement for corpus passes."""
+    found = {}
+    for site, fp in fps.items():
+        moment = load_cached(cache_path(root, fp), fp)
+        if moment is not None:
+            found[site] = moment
+    missing = [site for site in fps if site not in found]
+    if missing:
+        computed = compute(missing)
+        try:
+            for site in missing:
+                save_moment(cache_path(root, fps[site]), fps[site], computed[site], extra)
+        except OSError as err:
+            logger.warning("could not cache statistics in %s: %s", stats_dir(root), err)
+        found.update({site: computed[site] for site in missing})
+    return {site: found[site] for site in fps}
 
 
 def check_writable(root: Path) -> None:

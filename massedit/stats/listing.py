@@ -27,7 +27,7 @@ class CacheEntry:
     corpus: str
     tokens_requested: int
     tokens: int  # counted (fewer than requested when the corpus ran out)
-    max_length: int
+    max_length: int  # 0: the pass does not cut texts (parallel text of pair edits)
     dtype: str
     sites: list[str] = field(default_factory=list)
     size: int = 0  # bytes
@@ -98,7 +98,7 @@ def list_cache(root: Path) -> list[CacheEntry]:
             entry = entries[group] = CacheEntry(
                 model=meta.get("model_name") or fp["model"], corpus=fp["corpus"],
                 tokens_requested=fp["tokens"], tokens=int(meta.get("count", 0)),
-                max_length=fp["max_length"], dtype=fp["dtype"],
+                max_length=fp.get("max_length", 0), dtype=fp["dtype"],
                 processes=int(meta.get("processes", 1)))
         entry.sites.append(fp["site"])
         entry.size += path.stat().st_size
@@ -140,7 +140,8 @@ def print_cache(console, root: Path) -> list[CacheEntry]:
         else:
             tokens = str(e.tokens)
         table.add_row(_short_model(e.model), compress_sites(e.sites), _short_corpus(e.corpus),
-                      tokens, str(e.max_length), e.dtype, str(e.processes), human_size(e.size))
+                      tokens, str(e.max_length or "-"), e.dtype, str(e.processes),
+                      human_size(e.size))
     console.print(table)
     return entries
 
@@ -152,9 +153,11 @@ def _short_model(model: str) -> str:
 
 
 def _short_corpus(corpus: str) -> str:
-    """``file:NAME:HASH`` as ``NAME (HASH[:8])``."""
+    """``file:NAME:HASH`` as ``NAME (HASH[:8])``; ``parallel:N:HASH`` (pair-edit statistics) as
+    ``N parallel pairs (HASH[:8])``."""
     kind, _, rest = corpus.partition(":")
-    if kind == "file" and ":" in rest:
+    if kind in ("file", "parallel") and ":" in rest:
         name, _, digest = rest.rpartition(":")
-        return f"{name} ({digest[:8]})"
+        label = f"{name} parallel pairs" if kind == "parallel" else name
+        return f"{label} ({digest[:8]})"
     return corpus
