@@ -14,6 +14,7 @@ first record after the header).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from massedit.atomic import write_text_atomic
 from massedit.engine.requests import RequestError, empty_fields_error
 
 
@@ -171,11 +173,10 @@ def load_parallel(path: str | Path) -> list[tuple[str, str]]:
 
 def write_rows(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write records as CSV (for the world's example files and tests)."""
-    path = Path(path)
     fields = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    return path
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return write_text_atomic(path, buffer.getvalue())
