@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+from massedit import version as versions
 
 from .metrics import (
     counterfact_scores,
@@ -184,16 +184,12 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries a result depends on, for the record."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
+# Libraries an evaluation's numbers depend on besides those every patch records.
+EVAL_LIBRARIES = ("massedit-lm", "tokenizers", "numpy", "scikit-learn", "matplotlib",
+                  "accelerate")
 
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("massedit-lm", "transformers", "tokenizers", "numpy", "scikit-learn",
-                 "matplotlib", "accelerate"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on, for the record (the patches' own record,
+    ``massedit.version.library_versions``, plus :data:`EVAL_LIBRARIES`)."""
+    return versions.library_versions(EVAL_LIBRARIES)
