@@ -18,6 +18,7 @@ from massedit.engine.context import corpus_prefixes, model_prefixes
 from massedit.engine.hparams import EditHparams
 from massedit.engine.keys import Read, subject_states
 from massedit.engine.patch import EditPatch, weight_digest
+from massedit.engine.post_norm import site_residual
 from massedit.engine.problem import LayerProblem
 from massedit.engine.requests import EditRequest, as_requests, requests_digest
 from massedit.engine.writing import EditError as EditError  # re-exported: massedit.EditError
@@ -229,6 +230,9 @@ class Editor:
                 stop_at=last_block, batch_rows=hp.batch_rows,
             )  # (n, d_in), (n, d_model)
             residual = self.distribution.share(targets.z - h_now, j, len(layers) - j)  # (n, d)
+            # What the site must write for the stream to move so (a norm or scale after the MLP).
+            residual = site_residual(self.model, self.tok, adapter, layer, reqs, residual,
+                                     hp.batch_rows)  # (n, d_out), docs/design.md §5
             module = get_module(self.model, site)
             weight = read_weight(module, adapter.layout)  # (d_out, d_in)
             problem = LayerProblem(

@@ -7,7 +7,7 @@ An adapter never guesses a weight's orientation from its shape: GPT-2's ``Conv1D
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -32,6 +32,12 @@ class ModelAdapter:
     mlp_width_attrs: tuple[str, ...]  # config attributes tried in order for d_in
     depth_attr: str
     encoder_decoder: bool = False
+    # Where the MLP's output goes (docs/design.md §5, "Edits through a norm after the MLP"):
+    # the norm it passes through before joining the residual stream, relative to a block (Gemma
+    # 2/3, OLMo 2: ``post_feedforward_layernorm``; None: added to the stream unchanged), and the
+    # config attribute of a scalar that multiplies it there (Granite: ``residual_multiplier``).
+    mlp_out_norm: str | None = None
+    mlp_out_scale_attr: str | None = None
 
     def block_name(self, layer: int) -> str:
         return f"{self.layers}.{layer}"
@@ -44,6 +50,17 @@ class ModelAdapter:
 
     def attn_name(self, layer: int) -> str:
         return f"{self.layers}.{layer}.{self.attn}"
+
+    def mlp_out_norm_name(self, layer: int) -> str | None:
+        if self.mlp_out_norm is None:
+            return None
+        return f"{self.block_name(layer)}.{self.mlp_out_norm}"
+
+    def mlp_out_scale(self, config) -> float:
+        """What the stream receives per unit of (normed) MLP output: 1 unless the config says."""
+        if self.mlp_out_scale_attr is None:
+            return 1.0
+        return float(getattr(config, self.mlp_out_scale_attr))
 
     def depth(self, config) -> int:
         return int(getattr(config, self.depth_attr))
@@ -114,21 +131,24 @@ ADAPTERS: dict[str, ModelAdapter] = {
         depth_attr="num_hidden_layers",
     ),
 }
-# Llama-like families share one description (docs/design.md §4).
-for _name in (
-    "llama",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "gemma",
-    "gemma2",
-    "gemma3_text",
-    "phi3",
-    "olmo",
-    "olmo2",
-    "granite",
-):
+# Llama-like families share one description (docs/design.md §4); they differ only in where the
+# MLP's output goes. Checked against each family's decoder layer in transformers 5.x:
+# - llama, mistral, qwen2, qwen3, gemma, phi3, olmo: ``h = h + mlp(norm(h))`` (Phi-3's dropout
+#   is the identity in eval mode);
+# - gemma2, gemma3_text: ``h = h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h)))``
+#   (Gemma's RMSNorm gain is 1 + weight; its embedding scaling by √width and Gemma 2's logit
+#   soft-capping happen outside the blocks);
+# - olmo2: ``h = h + post_feedforward_layernorm(mlp(h))``: no norm before the MLP, so the MLP (and
+#   the key) reads the raw residual stream, which changes nothing for keys, the site's input;
+# - granite: ``h = h + residual_multiplier · mlp(norm(h))`` (and embedding_multiplier,
+#   attention_multiplier, logits_scaling elsewhere in the model).
+for _name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo"):
     ADAPTERS[_name] = _LLAMA_LIKE
+for _name in ("gemma2", "gemma3_text", "olmo2"):
+    ADAPTERS[_name] = replace(_LLAMA_LIKE, family=_name,
+                              mlp_out_norm="post_feedforward_layernorm")
+ADAPTERS["granite"] = replace(_LLAMA_LIKE, family="granite",
+                              mlp_out_scale_attr="residual_multiplier")
 
 
 def register_adapter(model_type: str, adapter: ModelAdapter) -> None:

@@ -27,8 +27,12 @@ logger = logging.getLogger(__name__)
 
 
 def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """LM-head logits for selected hidden states (k, d) -> (k, vocab), fp32."""
+    """LM-head logits for selected hidden states (k, d) -> (k, vocab), fp32, as the model's own
+    forward makes them: Granite divides by ``logits_scaling``, Gemma 2 soft-caps."""
     logits = model.get_output_embeddings()(hidden).float()
+    scaling = getattr(model.config, "logits_scaling", None)
+    if scaling:
+        logits = logits / scaling
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

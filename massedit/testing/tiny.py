@@ -26,8 +26,11 @@ from transformers.pytorch_utils import Conv1D
 from massedit.models.adapters import ADAPTERS, get_adapter, get_module, register_adapter
 from massedit.testing.tokenizer import build_word_tokenizer
 
+# One per registered decoder type (docs/design.md §10.1): the adapter table's every entry runs
+# through the same algebra tests.
 TINY_MODEL_TYPES: tuple[str, ...] = (
-    "gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "gemma3_text",
+    "gpt2", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2",
+    "gemma3_text", "phi3", "olmo", "olmo2", "granite",
 )
 GPT2_LINEAR = "gpt2_linear"
 
@@ -54,7 +57,8 @@ TINY_WORDS: tuple[str, ...] = tuple(
     """.split()
 )
 
-_LLAMA_LIKE = ("llama", "mistral", "qwen2", "gemma3_text")
+_LLAMA_LIKE = TINY_MODEL_TYPES[3:]
+_GEMMA = ("gemma", "gemma2", "gemma3_text")
 
 
 def _config_kwargs(model_type: str, tok: PreTrainedTokenizerBase, n_layer: int, width: int) -> dict:
@@ -65,7 +69,7 @@ def _config_kwargs(model_type: str, tok: PreTrainedTokenizerBase, n_layer: int, 
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=model_type in ("gpt2", "gemma3_text"),
+        tie_word_embeddings=model_type == "gpt2" or model_type in _GEMMA,
     )
     if model_type in ("gpt2", "gptj"):
         extra = dict(
@@ -89,6 +93,18 @@ def _config_kwargs(model_type: str, tok: PreTrainedTokenizerBase, n_layer: int, 
     )
     if model_type == "mistral":
         extra["sliding_window"] = 64
+    if model_type == "gemma2":
+        # Gemma 2 alternates local and global layers too; a soft-cap small enough to bend these
+        # logits, so a head that forgets it cannot match the model's own.
+        extra.update(
+            sliding_window=16, query_pre_attn_scalar=head_dim, final_logit_softcapping=0.5,
+            layer_types=["sliding_attention" if i % 2 == 0 else "full_attention"
+                         for i in range(n_layer)],
+        )
+    if model_type == "granite":
+        # Every Granite multiplier away from 1, so code that ignores one cannot pass.
+        extra.update(residual_multiplier=0.5, embedding_multiplier=4.0, logits_scaling=3.0,
+                     attention_multiplier=1.0 / head_dim)
     if model_type == "gemma3_text":
         # Alternate local and global layers as Gemma 3 does, with a window shorter than
         # max_position_embeddings so that both attention kinds are real; the last layer is global.
@@ -126,8 +142,21 @@ def tiny_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        _vary_post_mlp_gains(model)
     model.eval()
     return model, tokenizer
+
+
+@torch.no_grad()
+def _vary_post_mlp_gains(model: PreTrainedModel) -> None:
+    """Give the norms after the MLP (Gemma 2/3, OLMo 2) unequal gains, as trained models have:
+    they initialise to all-equal gains, under which a map that ignored them would still pass."""
+    adapter = get_adapter(model)
+    for layer in range(adapter.depth(model.config)):
+        name = adapter.mlp_out_norm_name(layer)
+        if name is not None:
+            weight = get_module(model, name).weight  # (d,) the gain is w (OLMo) or 1 + w (Gemma)
+            weight.add_(torch.rand_like(weight) - 0.5)
 
 
 class GPT2LinearConfig(GPT2Config):

@@ -1,0 +1,146 @@
+"""From a change of the residual stream to the change of the edit site's output that makes it
+(docs/design.md §5, "Edits through a norm after the MLP").
+
+Targets and residuals live in the residual stream (block ``L``'s output), but the edited weight
+writes the MLP's output ``o``. Most models add ``o`` to the stream unchanged; Granite adds
+``m · o``; Gemma 2/3 and OLMo 2 add ``N(o) = a ⊙ o / rms(o)`` (an RMS norm after the MLP). This
+module turns the stream residual ``R`` of each request into the site-space residual ``Δo``:
+
+- ``R / m`` for a scale;
+- for a norm, ``N(o) + R`` is first moved to the nearest point the norm can output at ``o``'s
+  length (an ellipsoid: the norm discards the length of ``o``, so the component of ``R`` along
+  the ellipsoid's normal cannot be made), then mapped back exactly. ``R`` that the norm can make
+  is written exactly; to first order this is the pseudo-inverse ``J⁺ R`` of the norm's Jacobian.
+
+>>> delta_o = site_residual(model, tok, adapter, layer, requests, residual)   # (n, d_out)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from massedit.engine.keys import Read, subject_states
+from massedit.engine.requests import EditRequest
+from massedit.models.adapters import ModelAdapter, get_module
+
+logger = logging.getLogger(__name__)
+
+# A norm whose output differs from a ⊙ o / rms(o) by more than this (relative) is not an RMS norm.
+_RMS_FORM_TOL = 1e-3
+
+
+def site_residual(
+    model,
+    tok,
+    adapter: ModelAdapter,
+    layer: int,
+    requests: Sequence[EditRequest],
+    residual: torch.Tensor,
+    batch_rows: int = 64,
+) -> torch.Tensor:
+    """The change of layer ``layer``'s site output at each request's subject token that moves
+    the block's output by ``residual`` (n, d) fp32, on the current model: ``residual`` itself
+    where the MLP's output is added unchanged (no pass is run), else what
+    :func:`stream_to_site` gives, at the site's output on each plain prompt."""
+    scale = adapter.mlp_out_scale(model.config)
+    norm_name = adapter.mlp_out_norm_name(layer)
+    if norm_name is None:
+        return residual if scale == 1.0 else residual / scale
+    site = adapter.site_name(layer)
+    # The site's output on the plain prompt, where the residual's block output h was read.
+    (out,) = subject_states(model, tok, requests, [""], [Read(site, inputs=False, average=False)],
+                            stop_at=site, batch_rows=batch_rows)  # (n, d)
+    return stream_to_site(get_module(model, norm_name), out.to(residual), residual, scale)
+
+
+def stream_to_site(norm: nn.Module | None, site_out: torch.Tensor, residual: torch.Tensor,
+                   scale: float = 1.0) -> torch.Tensor:
+    """``Δo`` (n, d) such that ``scale · (N(o + Δo) − N(o))`` is the reachable part of
+    ``residual`` (n, d), with ``o = site_out`` (n, d) and ``N = norm`` (None: the identity).
+
+    The reachable outputs at ``o``'s length are the ellipsoid ``{a ⊙ t : mean(t²) = 1}`` with
+    ``a = N(rms(o) · 1)`` (the gain, times ``rms/√(rms² + eps)``); the target ``N(o) + R/scale``
+    goes to its nearest point ``y`` and ``o + Δo = rms(o) · y / a``."""
+    target = residual.double() / scale  # (n, d)
+    if norm is None:
+        return target.to(residual.dtype)
+    o = site_out.double()  # (n, d)
+    rms = o.pow(2).mean(-1, keepdim=True).sqrt()  # (n, 1)
+    if not bool((rms > 0).all()):
+        raise ValueError("the MLP's output is zero at a subject token: its norm has no direction")
+    gains = _rms_gains(norm, o, rms)  # (n, d)
+    start = gains * o / rms  # (n, d): N(o), on the ellipsoid
+    wanted = start + target
+    reached = nearest_on_ellipsoid(wanted, gains)  # (n, d)
+    delta = rms * reached / gains - o  # (n, d)
+    if not bool(torch.isfinite(delta).all()):
+        raise ValueError("the residual could not be mapped through the norm after the MLP")
+    lost = (wanted - reached).norm() / target.norm().clamp_min(1e-30)
+    logger.info("norm after the MLP: %.3g of the residual is along its normal (not writable)",
+                float(lost))
+    return delta.to(residual.dtype)
+
+
+def _rms_gains(norm: nn.Module, o: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
+    """``a`` (n, d) with ``N(x) = a ⊙ x / rms(x)`` for every x of o's length, read from the module
+    itself (any gain convention, ``1 + w`` or ``w``; eps included), and checked on ``o``."""
+    param = next(norm.parameters(), None)
+    device = o.device if param is None else param.device
+    # fp32 in: RMS norms compute in fp32 and return their input's dtype, whatever the weight's.
+    with torch.no_grad():
+        probe = rms.float().to(device).expand(o.shape).contiguous()  # (n, d) rows of rms(o)
+        gains = norm(probe).double().to(o.device)  # (n, d): a = g · rms / √(rms² + eps)
+        actual = norm(o.float().to(device)).double().to(o.device)  # (n, d)
+    expected = gains * o / rms
+    error = float((actual - expected).norm() / actual.norm().clamp_min(1e-30))
+    if error > _RMS_FORM_TOL:
+        raise ValueError(
+            f"the norm after the MLP ({type(norm).__name__}) is not of the form g ⊙ x / rms(x) "
+            f"(relative difference {error:.2g}); massedit can only edit through RMS norms")
+    if not bool((gains != 0).all()):
+        raise ValueError(f"the norm after the MLP ({type(norm).__name__}) has a zero gain: that "
+                         "coordinate of the stream cannot be changed")
+    return gains
+
+
+def nearest_on_ellipsoid(points: torch.Tensor, axes: torch.Tensor,
+                         steps: int = 200) -> torch.Tensor:
+    """Per row, the point of ``{y : mean((y / axes)²) = 1}`` nearest to ``points`` (n, d),
+    all fp64.
+
+    The nearest point is ``y = p ⊙ a² / (a² + λ)`` where ``λ > −min a²`` solves
+    ``f(λ) = mean(p² a² / (a² + λ)²) − 1 = 0``; f decreases there, so Newton steps kept inside a
+    shrinking bracket (bisection when a step leaves it) find the one root."""
+    a2 = axes.pow(2)  # (n, d)
+    p2 = points.pow(2)  # (n, d)
+    lo = -a2.min(-1).values  # (n,): f → +∞ as λ → lo (unless p is 0 on the shortest axis)
+    # f(hi) ≤ mean(p²) · max a² / hi² − 1 ≤ 0.
+    hi = (p2.mean(-1) * a2.max(-1).values).sqrt().clamp_min(1e-300)  # (n,)
+    lam = torch.zeros_like(lo)  # λ = 0: the point is already on the ellipsoid
+    for _ in range(steps):
+        den = a2 + lam[:, None]  # (n, d)
+        ratio = p2 * a2 / den.pow(2)
+        f = ratio.mean(-1) - 1  # (n,)
+        if bool((f.abs() < 1e-14).all()):
+            break
+        slope = -2 * (ratio / den).mean(-1)  # (n,) f'(λ) < 0
+        lo = torch.where(f > 0, lam, lo)
+        hi = torch.where(f > 0, hi, lam)
+        step = lam - f / slope
+        inside = (step > lo) & (step < hi) & torch.isfinite(step)
+        lam = torch.where(inside, step, (lo + hi) / 2)
+    return points * a2 / (a2 + lam[:, None])
+
+
+def stream_change(norm: nn.Module | None, site_out: torch.Tensor, change: torch.Tensor,
+                  scale: float = 1.0) -> torch.Tensor:
+    """The forward map (tests, diagnostics): what the stream receives, ``scale · (N(o + Δo) −
+    N(o))`` (n, d), when the site's output ``o`` (n, d) changes by ``change`` (n, d)."""
+    if norm is None:
+        return scale * change
+    with torch.no_grad():
+        return scale * (norm(site_out + change) - norm(site_out))
