@@ -1,6 +1,6 @@
 """MEMIT's objective: ``min ‖Ŵ K₀ − W K₀‖² + ‖Ŵ K − (W K + R)‖²``, closed form."""
 
-from massedit.engine.linalg import least_squares_factors
+from massedit.engine.linalg import cho_solve, least_squares_dense, least_squares_factor
 from massedit.engine.problem import Delta, LayerProblem
 
 
@@ -11,8 +11,14 @@ class LeastSquaresObjective:
     normal_equations = True  # ΔW (λC + K Kᵀ) = R Kᵀ (conformance kit checks it)
 
     def solve(self, problem: LayerProblem) -> Delta:
-        # ΔW = R Kᵀ (λC + K Kᵀ)⁻¹ = U Vᵀ with U = R (d_out, n), V = (λC + K Kᵀ)⁻¹ K (d_in, n)
+        # Only K Kᵀ (d_in, d_in) and R Kᵀ (d_out, d_in) are needed, accumulated over chunks of
+        # keys (docs/design.md §5). Few keys: factors U = R, V = (λC + K Kᵀ)⁻¹ K of rank n are
+        # smaller than ΔW and cheaper to solve; many keys: ΔW dense, at a cost that does not
+        # grow with n (the same threshold as Delta.compact).
         hp = problem.hparams
         moment = problem.moment.regularised(hp.moment_ridge)
-        u, v = least_squares_factors(problem.residual, problem.keys, moment, hp.mom2_lambda)
-        return Delta(u, v)
+        factor = least_squares_factor(problem.key_gram(), moment, hp.mom2_lambda)
+        (d_out, d_in), n = problem.weight.shape, problem.keys.shape[1]
+        if n < min(d_out, d_in) / 2:
+            return Delta(problem.residual.double(), cho_solve(factor, problem.keys))
+        return Delta(dense=least_squares_dense(factor, problem.residual_keys()))

@@ -273,6 +273,65 @@ def test_resume_after_interruption_gives_the_same_patch(workspace, tmp_path, mon
         tmp_path / "parts" / "results.csv").read_text()
 
 
+def test_resume_reads_its_targets_from_disk_and_gives_a_bit_identical_patch(
+        workspace, tmp_path, monkeypatch):
+    """Killed after the second batch's targets were optimised, before it wrote anything: the
+    re-run reads those targets from the disk cache instead of optimising them again, and ends
+    with exactly the patch of an uninterrupted run (docs/design.md §12)."""
+    import massedit.editing.editor as editor_module
+
+    edits = write_csv(tmp_path / "three.csv", FACTS[:3])
+    args = ["edit", "--model", workspace["base"], "--edits", edits, "--method", "memit",
+            "--batch-size", "1", *workspace["common"]]
+    calls: list[int] = []
+    real_targets = editor_module.compute_targets
+
+    def counted(model, tok, requests, *rest, **kwargs):
+        calls.append(len(requests))
+        return real_targets(model, tok, requests, *rest, **kwargs)
+
+    monkeypatch.setattr(editor_module, "compute_targets", counted)
+    monkeypatch.setenv("MASSEDIT_CACHE", str(tmp_path / "cache-whole"))
+    assert invoke(*args, "--out", tmp_path / "whole").exit_code == 0
+    assert calls == [1, 1, 1]
+
+    monkeypatch.setenv("MASSEDIT_CACHE", str(tmp_path / "cache-parts"))  # nothing stored yet
+    real_problem = editor_module.Editor._problem
+    batches: list[int] = []
+
+    def dies_after_second_targets(self, reqs, prefixes, z, j, layer, moment):
+        if j == 0:
+            batches.append(1)
+        if len(batches) == 2:
+            raise KeyboardInterrupt
+        return real_problem(self, reqs, prefixes, z, j, layer, moment)
+
+    monkeypatch.setattr(editor_module.Editor, "_problem", dies_after_second_targets)
+    calls.clear()
+    assert invoke(*args, "--out", tmp_path / "parts").exit_code == 130
+    assert calls == [1, 1]  # two batches' targets optimised, and stored
+    monkeypatch.setattr(editor_module.Editor, "_problem", real_problem)
+    calls.clear()
+    result = invoke(*args, "--out", tmp_path / "parts")
+    assert result.exit_code == 0, result.output
+    assert calls == [1]  # only the third batch's target: the second's came from disk
+    assert_same_patch(EditPatch.load(tmp_path / "whole" / "patch"),
+                      EditPatch.load(tmp_path / "parts" / "patch"))
+
+
+def test_a_batch_emmet_cannot_solve_is_refused_before_any_work(workspace, tmp_path):
+    edits = write_csv(tmp_path / "same.csv", [
+        ("{} plays", "Michael Jordan", "tennis", "basketball", "", ""),
+        ("{} works as a", "Michael Jordan", "chef", "player", "", "")])
+    out = tmp_path / "run"
+    result = invoke("edit", "--model", workspace["base"], "--edits", edits, "--out", out,
+                    "--method", "emmet", *workspace["common"], "--set", "mu=0")
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert "these requests share a key" in text and "mu > 0" in text, result.output
+    assert not out.exists()
+
+
 def test_presets_and_module_entry_point() -> None:
     result = invoke("presets")
     assert result.exit_code == 0

@@ -71,17 +71,21 @@ def test_sequential_batches_see_prior_keys_and_stay_in_the_null_space(tiny_corpu
     assert patch.metadata["objective"] == "null_space"
     assert patch.metadata["hparams"]["null_space_threshold"] == 0.5
     first, second = editor.solved[:2], editor.solved[2:]
-    assert all(p.prior_keys is None for p, _ in first)
+    assert all(p.prior_gram() is None for p, _ in first)
     for (p1, _), (p2, d2) in zip(first, second, strict=True):
-        assert p2.prior_keys.shape == (p1.keys.shape[0], 2)  # (d_in, keys of batch 1)
-        assert torch.equal(p2.prior_keys, p1.keys)
+        # Batch 1's keys reach batch 2 as their product Kₚ Kₚᵀ (d_in, d_in), not raw keys.
+        k1 = p1.keys.double()
+        assert p2.prior_keys is None and p2.prior_moment.shape == (k1.shape[0], k1.shape[0])
+        torch.testing.assert_close(p2.prior_moment, k1 @ k1.T, rtol=1e-12, atol=1e-12)
         assert 0 < d2.info["null_space_dim"] < p1.keys.shape[0]
     for problem, delta in editor.solved:
         assert _solved_null_space_leak(problem, delta) < 1e-5
 
     # A batch that is stopped leaves the model and the protected keys as they were.
     state = editor.sequential_state()
-    assert {k: v.shape[1] for k, v in state.items()} == {"prior_keys.1": 4, "prior_keys.2": 4}
+    d_in = first[0][0].keys.shape[0]
+    assert {k: tuple(v.shape) for k, v in state.items()} == {
+        "prior_moment.1": (d_in, d_in), "prior_moment.2": (d_in, d_in)}  # however many facts
     solve = editor.objective.solve
 
     def fails_at_the_second_layer(problem):  # after layer 1 has written and kept its keys

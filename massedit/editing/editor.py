@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -11,35 +10,40 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from massedit.data.corpus import iter_texts
 from massedit.editing.registry import get_distribution, get_method, get_objective, method_preset
 from massedit.engine.context import corpus_prefixes, model_prefixes
 from massedit.engine.hparams import EditHparams
+from massedit.engine.identity import record_write, site_parameter, tensor_identity, weights_identity
 from massedit.engine.keys import Read, subject_states
-from massedit.engine.patch import EditPatch, weight_digest
+from massedit.engine.linalg import SingularProblemError, gram_products
+from massedit.engine.patch import EditPatch
 from massedit.engine.post_norm import site_residual
-from massedit.engine.problem import LayerProblem
+from massedit.engine.problem import BatchPlan, LayerProblem
 from massedit.engine.requests import EditRequest, as_requests, requests_digest
 from massedit.engine.writing import EditError as EditError  # re-exported: massedit.EditError
 from massedit.engine.writing import write_update
 from massedit.models.adapters import get_adapter, get_module, read_weight
+from massedit.stats.cache import model_identity
 from massedit.stats.moments import StatsSpec, get_moments
 from massedit.targets.optimise import TargetResult, compute_targets
+from massedit.targets.store import TargetStore
 from massedit.version import library_versions
 
 logger = logging.getLogger(__name__)
 
 
-def weights_key(model) -> str:
-    """Identity of the model's current edit-site weights (the only ones massedit changes), so
-    targets computed on an edited model are never reused for another state of it."""
-    adapter = get_adapter(model)
-    h = hashlib.sha256()
-    for layer in range(adapter.depth(model.config)):
-        w = read_weight(get_module(model, adapter.site_name(layer)), adapter.layout)
-        h.update(weight_digest(w).encode())
-    return h.hexdigest()
+def shared_key_groups(reqs: Sequence[EditRequest], names: Sequence[str],
+                      encoder_decoder: bool) -> list[tuple[str, ...]]:
+    """Names of requests with the same key: the same text up to the subject's end (a decoder
+    reads nothing after it), or the same whole text (an encoder reads all of it)."""
+    groups: dict[str, list[str]] = {}
+    for req, name in zip(reqs, names, strict=True):
+        text = req.text if encoder_decoder else req.text[: req.subject_span()[1]]
+        groups.setdefault(text, []).append(name)
+    return [tuple(g) for g in groups.values() if len(g) > 1]
 
 
 class Editor:
@@ -63,6 +67,8 @@ class Editor:
         progress: bool = True,
         keep_problems: bool = False,
         target_cache: dict | None = None,
+        target_store: TargetStore | str | Path | bool | None = None,
+        key_chunk: int | None = None,
         **overrides: Any,
     ) -> None:
         self.model, self.tok = model, tok
@@ -92,12 +98,24 @@ class Editor:
         self.solved: list[tuple[LayerProblem, Any]] = []
         # Targets depend on the request, prefixes, last edit layer, target settings and weights
         # only, so studies that vary λ, μ, objectives, earlier layers or the batch size share
-        # them. Keys are per request; values are ``CachedTarget``s.
+        # them. Keys are per request; values are ``CachedTarget``s. ``target_store`` is the
+        # second level on disk (True: in the massedit cache; a folder; a TargetStore).
         self.target_cache = target_cache if target_cache is not None else {}
+        if target_store is True:
+            target_store = TargetStore.default(self.stats_spec.cache_dir)
+        elif isinstance(target_store, str | Path):
+            target_store = TargetStore(target_store)
+        self.target_store: TargetStore | None = target_store or None
+        # Requests whose keys are read in one go; None: 4 × batch_rows (rows stay a multiple of
+        # batch_rows, so the forward batches are those of reading all keys at once).
+        self.key_chunk = key_chunk
         self._moments: dict = {}
         self._stats_record: dict = {}
         self._prefixes: list[str] | None = None
-        self._prior_keys: dict[int, torch.Tensor] = {}
+        self._model_key: str | None = None
+        self._bar = None  # the targets' progress bar while edit() runs
+        # Kₚ Kₚᵀ (d_in, d_in) fp64 per layer of the keys written so far (docs/design.md §5).
+        self._prior_moments: dict[int, torch.Tensor] = {}
 
     # ---- shared pieces -----------------------------------------------------------------------
     @property
@@ -144,16 +162,49 @@ class Editor:
 
     # ---- state carried between sequential batches ------------------------------------------
     def sequential_state(self) -> dict[str, torch.Tensor]:
-        """The keys written by earlier batches, per layer (objectives see them as
-        ``prior_keys``), as CPU tensors: run checkpoints save them so a resumed run continues
-        exactly as an uninterrupted one."""
-        return {f"prior_keys.{layer}": keys.detach().contiguous().cpu()
-                for layer, keys in self._prior_keys.items()}  # (d_in, m) each
+        """What later batches need of earlier ones, as CPU tensors: per layer, ``Kₚ Kₚᵀ``
+        (d_in, d_in) fp64 of the keys written so far (objectives that declare
+        ``uses_prior_keys`` see it as ``problem.prior_moment``). Its size does not grow with
+        the facts written; run checkpoints save it so a resumed run continues exactly as an
+        uninterrupted one."""
+        return {f"prior_moment.{layer}": gram.detach().contiguous().cpu()
+                for layer, gram in self._prior_moments.items()}
 
     def restore_sequential_state(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Continue after the batches that :meth:`sequential_state` described."""
-        self._prior_keys = {int(name.split(".", 1)[1]): keys for name, keys in state.items()
-                            if name.startswith("prior_keys.")}
+        """Continue after the batches that :meth:`sequential_state` described (checkpoints
+        that kept the raw keys, ``prior_keys.<layer>`` (d_in, m), are read too)."""
+        moments = {}
+        for name, tensor in state.items():
+            kind, _, layer = name.partition(".")
+            if kind == "prior_moment":
+                moments[int(layer)] = tensor
+            elif kind == "prior_keys":
+                moments[int(layer)] = gram_products(tensor)[0]
+        self._prior_moments = moments
+
+    def check_batches(self, requests: Iterable[EditRequest | Mapping[str, Any]],
+                      batch_size: int | None = None) -> None:
+        """Fail before any work (statistics, targets) when the requests cannot be written in
+        batches of ``batch_size``: a request that does not tokenise (ValueError), or a batch the
+        objective says it cannot solve (:class:`EditError`, e.g. EMMET with more keys than the
+        site's input width; the objective's optional ``check_batch``)."""
+        reqs = as_requests(requests)
+        self._validate(reqs)
+        check = getattr(self.objective, "check_batch", None)
+        if check is None or not reqs:
+            return
+        batch_size = batch_size or len(reqs)
+        names = [str(r.case_id) if r.case_id is not None else f"#{i}" for i, r in enumerate(reqs)]
+        seq2seq = bool(self.model.config.is_encoder_decoder)
+        same: list[tuple[str, ...]] = []
+        for lo in range(0, len(reqs), batch_size):
+            same += shared_key_groups(reqs[lo : lo + batch_size], names[lo : lo + batch_size],
+                                      seq2seq)
+        d_in = min(read_weight(get_module(self.model, self.adapter.site_name(layer)),
+                               self.adapter.layout).shape[1] for layer in self.layers)
+        reason = check(BatchPlan(min(batch_size, len(reqs)), d_in, tuple(same), self.hparams))
+        if reason:
+            raise EditError(f"cannot edit: {reason}")
 
     # ---- the edit ----------------------------------------------------------------------------
     def edit(
@@ -167,11 +218,14 @@ class Editor:
         seeing the model the previous one left. Returns one patch for everything written.
         ``on_batch_done(index, patch_so_far)`` is called after each batch (for checkpoints)."""
         reqs = as_requests(requests)
-        self._validate(reqs)
         batch_size = batch_size or len(reqs)
+        self.check_batches(reqs, batch_size)
         patch = EditPatch(metadata=self._metadata(reqs))
         t0 = time.perf_counter()
-        prior_keys = dict(self._prior_keys)
+        prior_moments = dict(self._prior_moments)
+        # One bar over every target of the call (sequential batches compute theirs in turn).
+        self._bar = tqdm(total=len(reqs), desc="targets", unit="target", leave=False,
+                         disable=not self.progress)
         try:
             for b, lo in enumerate(range(0, len(reqs), batch_size)):
                 self._edit_batch(reqs[lo : lo + batch_size], patch)
@@ -179,8 +233,11 @@ class Editor:
                     on_batch_done(b, patch)
         except BaseException:
             patch.revert(self.model)  # the model is left exactly as it was
-            self._prior_keys = prior_keys  # and so are the keys later batches will protect
+            self._prior_moments = prior_moments  # and so is what later batches will protect
             raise
+        finally:
+            self._bar.close()
+            self._bar = None
         patch.metadata["seconds"] = round(time.perf_counter() - t0, 3)
         patch.metadata["stats"] = self._stats_record
         return patch
@@ -224,50 +281,101 @@ class Editor:
             [round(float(x), 5) for x in targets.nll])
         for j, layer in enumerate(layers):
             site = adapter.site_name(layer)
-            keys, h_now = subject_states(
-                self.model, self.tok, reqs, prefixes,
-                [Read(site, inputs=True), Read(last_block, inputs=False, average=False)],
-                stop_at=last_block, batch_rows=hp.batch_rows,
-            )  # (n, d_in), (n, d_model)
-            residual = self.distribution.share(targets.z - h_now, j, len(layers) - j)  # (n, d)
-            # What the site must write for the stream to move so (a norm or scale after the MLP).
-            residual = site_residual(self.model, self.tok, adapter, layer, reqs, residual,
-                                     hp.batch_rows)  # (n, d_out), docs/design.md §5
-            module = get_module(self.model, site)
-            weight = read_weight(module, adapter.layout)  # (d_out, d_in)
-            problem = LayerProblem(
-                weight=weight.detach(), keys=keys.T.contiguous(), residual=residual.T.contiguous(),
-                moment=moments[layer], hparams=hp, layer=layer,
-                prior_keys=self._prior_keys.get(layer),
-            )
-            delta = self.objective.solve(problem).compact()
+            problem = self._problem(reqs, prefixes, targets.z, j, layer, moments[layer])
+            try:
+                delta = self.objective.solve(problem).compact()
+            except SingularProblemError as err:  # said before this layer writes anything
+                raise EditError(f"layer {layer} ({site}) cannot be solved: {err}; the model "
+                                "was restored") from err
+            param = site_parameter(self.model, site)
+            before = tensor_identity(param)
             if self.keep_problems:
-                problem.weight = weight.detach().clone()  # W before the write below
+                problem.weight = problem.weight.clone()  # W before the write below
                 self.solved.append((problem, delta))
             # Guard, record the original, write, append the SiteDelta (docs/design.md §3).
             write_update(self.model, site, layer, adapter.layout, delta, patch,
                          hp.max_update_ratio)
-            prior = self._prior_keys.get(layer)
-            self._prior_keys[layer] = problem.keys if prior is None else torch.cat(
-                [prior.to(problem.keys.device), problem.keys], dim=1)
+            record_write(param, before, delta)  # the weights' new identity, without hashing
+            if getattr(self.objective, "uses_prior_keys", False):
+                gram = problem.key_gram()  # (d_in, d_in): all later batches need of these keys
+                prior = self._prior_moments.get(layer)
+                self._prior_moments[layer] = gram if prior is None else prior.to(gram) + gram
             logger.info("layer %d: |ΔW| = %.4g (|W| = %.4g), residual %.4g", layer,
-                        float(delta.matrix().norm()), float(weight.detach().float().norm()),
-                        float(residual.norm()))
+                        float(delta.matrix().norm()), float(problem.weight.float().norm()),
+                        float(problem.residual.norm()))
+
+    def _problem(self, reqs: list[EditRequest], prefixes: list[str], z: torch.Tensor, j: int,
+                 layer: int, moment) -> LayerProblem:
+        """Layer ``layer``'s problem on the current (partly edited) model. Keys and block-L
+        outputs are read ``key_chunk`` requests at a time, so the per-row states (requests ×
+        prefixes × d_in) never exist at once; keys go straight into K (docs/design.md §3)."""
+        hp, adapter = self.hparams, self.adapter
+        site, last_block = adapter.site_name(layer), adapter.block_name(self.layers[-1])
+        weight = read_weight(get_module(self.model, site), adapter.layout)  # (d_out, d_in)
+        n, chunk = len(reqs), self.key_chunk or 4 * hp.batch_rows
+        keys = None
+        h_now = torch.empty_like(z)  # (n, d_model)
+        for lo in range(0, n, chunk):
+            k, h = subject_states(
+                self.model, self.tok, reqs[lo : lo + chunk], prefixes,
+                [Read(site, inputs=True), Read(last_block, inputs=False, average=False)],
+                stop_at=last_block, batch_rows=hp.batch_rows,
+            )  # (c, d_in), (c, d_model)
+            if keys is None:
+                keys = k.new_empty(k.shape[1], n)  # (d_in, n)
+            keys[:, lo : lo + len(k)] = k.T
+            h_now[lo : lo + len(h)] = h
+        residual = self.distribution.share(z - h_now, j, len(self.layers) - j)  # (n, d_model)
+        # What the site must write for the stream to move so (a norm or scale after the MLP).
+        residual = site_residual(self.model, self.tok, adapter, layer, reqs, residual,
+                                 hp.batch_rows)  # (n, d_out), docs/design.md §5
+        prior = self._prior_moments.get(layer)
+        return LayerProblem(
+            weight=weight.detach(), keys=keys, residual=residual.T.contiguous(), moment=moment,
+            hparams=hp, layer=layer, prior_moment=None if prior is None else prior.to(keys.device),
+        )
 
     def _targets(self, reqs, prefixes, last_block) -> TargetResult:
-        """Targets per request, from the cache where the same request was optimised before
-        (any batch: requests do not interact in the optimisation); the others in one call."""
+        """Targets per request: from the in-memory cache, else the disk store, where the same
+        request was optimised before on the same weights (any batch: requests do not interact
+        in the optimisation); the others one group at a time, each group stored as soon as it
+        is done, so an interruption loses at most one group's work (docs/design.md §11)."""
         hp = self.hparams
         shared = (tuple(prefixes), last_block, hp.v_lr, hp.v_num_grad_steps, hp.kl_factor,
                   hp.v_weight_decay, hp.clamp_norm_factor, hp.early_stop_loss,
-                  weights_key(self.model))
+                  weights_identity(self.model))
         keys = [(requests_digest([r]), *shared) for r in reqs]
         missing = [i for i, key in enumerate(keys) if key not in self.target_cache]
-        if missing:
+        stored = {i: self._store_key(keys[i]) for i in missing} if self.target_store else {}
+        device = next(self.model.parameters()).device
+        loaded = set()
+        for i, name in stored.items():
+            found = self.target_store.get(name, device)
+            if found is not None:
+                self.target_cache[keys[i]] = found
+                loaded.add(i)
+        missing = [i for i in missing if i not in loaded]
+        bar = self._bar
+        if bar is not None:
+            bar.update(len(reqs) - len(missing))
+        per_group = max(1, hp.batch_rows // (len(prefixes) + 1))  # compute_targets' group
+        for lo in range(0, len(missing), per_group):
+            part = missing[lo : lo + per_group]
             t0 = time.perf_counter()
-            result = compute_targets(self.model, self.tok, [reqs[i] for i in missing], prefixes,
-                                     last_block, hp, self.progress)
-            share = (time.perf_counter() - t0) / len(missing)
-            for i, item in zip(missing, result.split(share), strict=True):
+            result = compute_targets(self.model, self.tok, [reqs[i] for i in part], prefixes,
+                                     last_block, hp, progress=False)
+            share = (time.perf_counter() - t0) / len(part)
+            for i, item in zip(part, result.split(share), strict=True):
                 self.target_cache[keys[i]] = item
+                if self.target_store is not None:
+                    self.target_store.put(stored[i], item)
+            if bar is not None:
+                bar.update(len(part))
         return TargetResult.stack([self.target_cache[key] for key in keys])
+
+    def _store_key(self, key: tuple) -> str:
+        """The disk key: the in-memory key plus the model (and tokenizer) it belongs to."""
+        if self._model_key is None:
+            self._model_key = (f"{model_identity(self.model)}|{type(self.tok).__name__}"
+                               f"|{len(self.tok)}")
+        return TargetStore.key([self._model_key, list(key)])

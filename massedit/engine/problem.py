@@ -8,7 +8,7 @@ from functools import cached_property
 import torch
 
 from massedit.engine.hparams import EditHparams
-from massedit.engine.linalg import cholesky_with_ridge
+from massedit.engine.linalg import cholesky_with_ridge, gram_products
 
 
 @dataclass
@@ -44,7 +44,14 @@ class SecondMoment:
 
 @dataclass
 class LayerProblem:
-    """One layer's update problem: write ``Ŵ K ≈ W K + R`` while preserving ``W K₀`` (via C)."""
+    """One layer's update problem: write ``Ŵ K ≈ W K + R`` while preserving ``W K₀`` (via C).
+
+    ``keys`` and ``residual`` are the only n-sized tensors. Objectives that need products of
+    them ask for :meth:`key_gram` / :meth:`residual_keys`: accumulated in fp64 over column
+    chunks on first use and kept, so no n-sized fp64 copy is ever formed (docs/design.md §4).
+    Keys of earlier sequential batches come as their product ``Kₚ Kₚᵀ`` (``prior_moment``),
+    whose size does not grow with the facts written; :meth:`prior_gram` reads either form.
+    """
 
     weight: torch.Tensor  # W (d_out, d_in), Linear layout, the model's dtype
     keys: torch.Tensor  # K (d_in, n) fp32
@@ -52,7 +59,48 @@ class LayerProblem:
     moment: SecondMoment  # C at this site
     hparams: EditHparams
     layer: int = 0
-    prior_keys: torch.Tensor | None = None  # (d_in, m) keys of earlier sequential batches
+    # Raw keys of earlier sequential batches (d_in, m), where a caller has them (tests, the
+    # conformance kit); the Editor passes ``prior_moment`` instead.
+    prior_keys: torch.Tensor | None = None
+    prior_moment: torch.Tensor | None = None  # Kₚ Kₚᵀ (d_in, d_in) fp64 of earlier batches
+
+    def _products(self, with_residual: bool) -> dict[str, torch.Tensor]:
+        cache = self.__dict__.setdefault("_product_cache", {})
+        if "kk" not in cache or (with_residual and "rk" not in cache):
+            kk, rk = gram_products(self.keys, self.residual if with_residual else None)
+            cache["kk"] = kk
+            if rk is not None:
+                cache["rk"] = rk
+        return cache
+
+    def key_gram(self) -> torch.Tensor:
+        """``K Kᵀ`` (d_in, d_in) fp64, accumulated over column chunks once."""
+        return self._products(False)["kk"]
+
+    def residual_keys(self) -> torch.Tensor:
+        """``R Kᵀ`` (d_out, d_in) fp64, accumulated with ``K Kᵀ`` in one pass over the keys."""
+        return self._products(True)["rk"]
+
+    def prior_gram(self) -> torch.Tensor | None:
+        """``Kₚ Kₚᵀ`` (d_in, d_in) fp64 of the keys earlier sequential batches wrote (both
+        forms given: their sum), or None before the first batch."""
+        grams = [] if self.prior_moment is None else [self.prior_moment.to(torch.float64)]
+        if self.prior_keys is not None:
+            grams.append(gram_products(self.prior_keys)[0])
+        return sum(grams[1:], grams[0]) if grams else None
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What an objective may check before any work (``check_batch``, docs/design.md §4): the
+    size of the largest batch, the narrowest edit site's input width, and the requests that
+    share a key within one batch (same text up to the subject's end, so the same key at every
+    layer and with every prefix)."""
+
+    n_keys: int
+    d_in: int
+    same_keys: tuple[tuple[str, ...], ...]
+    hparams: EditHparams
 
 
 @dataclass

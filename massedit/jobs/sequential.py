@@ -5,6 +5,11 @@ patch records. So continuing means: apply the newest checkpoint to a freshly loa
 edit the remaining requests with the same batch size. The editor's statistics and context prefixes
 are taken from the unedited model before the checkpoint is applied, as in an uninterrupted run,
 so the final patch equals the uninterrupted one.
+
+Targets go to the disk store (:mod:`massedit.targets.store`) as each group is optimised, and the
+checkpoint is applied through :func:`massedit.engine.identity.apply_patch`, which names the
+weights as the uninterrupted run named them: a re-run reads every target an interrupted run had
+already computed instead of optimising it again (docs/design.md §12).
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from massedit.editing.editor import Editor
+from massedit.engine.identity import apply_patch
 from massedit.engine.patch import EditPatch
 from massedit.engine.requests import EditRequest, requests_digest
 from massedit.jobs.runs import RunDir
+from massedit.targets.store import TargetStore
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +61,18 @@ def combine(first: EditPatch | None, second: EditPatch,
 
 def edit_resumably(editor: Editor, requests: Sequence[EditRequest], batch_size: int | None,
                    run: RunDir, *, max_batches: int | None = None,
-                   progress: bool = True) -> SequentialResult:
+                   progress: bool = True, target_store: bool = True) -> SequentialResult:
     """Edit ``requests`` in batches, continuing from ``run``'s checkpoint if it has one.
 
     ``max_batches`` stops after that many batches in this call (the rest waits for a re-run).
+    ``target_store``: keep targets on disk (in the editor's cache folder) unless the editor
+    already has a store. Batches the objective cannot solve are refused before any work.
     """
     requests = list(requests)
     batch_size = batch_size or len(requests)
+    editor.check_batches(requests, batch_size)  # before statistics and targets
+    if target_store and editor.target_store is None:
+        editor.target_store = TargetStore.default(editor.stats_spec.cache_dir)
     editor.moments()
     editor.prefixes()  # both from the unedited model, whether or not this run resumes
     done_patch, batches_done, requests_done = run.load_checkpoint()
@@ -68,7 +80,7 @@ def edit_resumably(editor: Editor, requests: Sequence[EditRequest], batch_size: 
         if done_patch.metadata.get("requests_digest") != requests_digest(
                 requests[:requests_done]):
             raise RuntimeError(f"the checkpoint in {run.path} does not match these requests")
-        done_patch.apply(editor.model)
+        apply_patch(done_patch, editor.model)  # and the weights' identities, as when written
         editor.restore_sequential_state(run.load_checkpoint_state(batches_done))
         logger.info("continuing after %d finished batch(es) (%d of %d requests)", batches_done,
                     requests_done, len(requests))

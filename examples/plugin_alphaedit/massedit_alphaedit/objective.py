@@ -7,9 +7,10 @@ AlphaEdit writes ``ΔW = Δ P``, so ``ΔW k₀ ≈ 0`` for every corpus key, and
 
     min ‖ΔW K − R‖² + ‖ΔW K_p‖² + α ‖ΔW‖²
 
-where ``K_p`` are the keys written by earlier sequential batches (``problem.prior_keys``), kept
-unchanged so that later batches do not overwrite earlier edits. The minimiser lives in the
-r-dimensional null space, so it is solved there (never forming a d_in × d_in matrix):
+where ``K_p`` are the keys written by earlier sequential batches, kept unchanged so that later
+batches do not overwrite earlier edits. Only ``K_p K_pᵀ`` enters (``problem.prior_gram()``), so
+the editor carries that (d_in, d_in) product, not every key it ever wrote. The minimiser lives
+in the r-dimensional null space, so it is solved there (never inverting a d_in × d_in matrix):
 
     ΔW = R Kᵀ B (Bᵀ (K Kᵀ + K_p K_pᵀ) B + α I)⁻¹ Bᵀ
 
@@ -74,9 +75,9 @@ class NullSpaceObjective:
         k = problem.keys.to(torch.float64)  # (d_in, n)
         bk = b.T @ k  # (r, n): the keys' null-space components
         gram = bk @ bk.T  # (r, r) = Bᵀ K Kᵀ B
-        if problem.prior_keys is not None:
-            bp = b.T @ problem.prior_keys.to(device, torch.float64)  # (r, m)
-            gram = gram + bp @ bp.T
+        prior = problem.prior_gram()  # Kₚ Kₚᵀ (d_in, d_in) fp64 of earlier batches, or None
+        if prior is not None:
+            gram = gram + b.T @ prior.to(device) @ b  # + Bᵀ Kₚ Kₚᵀ B
         alpha = l2 * float(problem.moment.mean.diagonal().mean())
         eye = torch.eye(b.shape[1], dtype=torch.float64, device=device)
         y = cho_solve(cholesky_with_ridge(gram + alpha * eye), bk)  # (r, n)
