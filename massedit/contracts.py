@@ -28,7 +28,10 @@ class Objective(Protocol):
 
     Optional class attributes tell the conformance kit what to check: ``exact`` (new keys are
     written exactly), ``normal_equations`` (``ΔW (λC + K Kᵀ) = R Kᵀ``), ``preserves_corpus_keys``,
-    ``uses_prior_keys`` (reads ``problem.prior_keys`` from earlier sequential batches)."""
+    ``uses_prior_keys`` (reads ``problem.prior_gram()``, the keys of earlier sequential batches
+    as ``Kₚ Kₚᵀ``; the editor accumulates it only for objectives that declare this). An optional
+    ``check_batch(plan: BatchPlan) -> str | None`` refuses, before any work, batches the
+    objective cannot solve (docs/design.md §4)."""
 
     name: ClassVar[str]
 
