@@ -10,6 +10,7 @@ from transformers.models.gemma2.modeling_gemma2 import Gemma2RMSNorm
 from transformers.models.olmo2.modeling_olmo2 import Olmo2RMSNorm
 
 import massedit.editing.editor as editor_module
+import massedit.engine.post_norm as post_norm
 from massedit import Editor, EditRequest, StatsSpec
 from massedit.engine.hooks import capture, edit_output
 from massedit.engine.keys import Read, subject_states
@@ -152,6 +153,18 @@ def test_nearest_point_on_an_ellipsoid_beats_random_points_on_it():
     others = torch.randn(4000, 6, generator=gen, dtype=torch.float64)
     others = axes * others / others.pow(2).mean(-1, keepdim=True).sqrt()
     assert float((best - point).norm()) <= float((others - point).norm(dim=-1).min()) + 1e-12
+
+
+def test_many_requests_are_mapped_rows_at_a_time(monkeypatch):
+    gen = torch.Generator().manual_seed(7)
+    norm = _norms(8)[1]
+    o = torch.randn(5, 8, generator=gen, dtype=torch.float64)
+    residual = torch.randn(5, 8, generator=gen, dtype=torch.float64)
+    residual[2] = 0  # a request already at its target: nothing to write
+    whole = stream_to_site(norm, o, residual)
+    assert float(whole[2].abs().max()) < 1e-12
+    monkeypatch.setattr(post_norm, "_ROWS", 2)
+    torch.testing.assert_close(stream_to_site(norm, o, residual), whole, rtol=0, atol=1e-12)
 
 
 def test_no_norm_means_only_the_scale():

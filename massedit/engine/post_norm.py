@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 # A norm whose output differs from a ⊙ o / rms(o) by more than this (relative) is not an RMS norm.
 _RMS_FORM_TOL = 1e-3
+_ROWS = 1024  # requests mapped at once
 
 
 def site_residual(
@@ -65,24 +66,33 @@ def stream_to_site(norm: nn.Module | None, site_out: torch.Tensor, residual: tor
     The reachable outputs at ``o``'s length are the ellipsoid ``{a ⊙ t : mean(t²) = 1}`` with
     ``a = N(rms(o) · 1)`` (the gain, times ``rms/√(rms² + eps)``); the target ``N(o) + R/scale``
     goes to its nearest point ``y`` and ``o + Δo = rms(o) · y / a``."""
-    target = residual.double() / scale  # (n, d)
     if norm is None:
-        return target.to(residual.dtype)
-    o = site_out.double()  # (n, d)
-    rms = o.pow(2).mean(-1, keepdim=True).sqrt()  # (n, 1)
+        return (residual.double() / scale).to(residual.dtype)
+    # Rows at a time: the solve keeps a few (rows, d) fp64 temporaries.
+    parts = [_through_norm(norm, site_out[lo : lo + _ROWS], residual[lo : lo + _ROWS], scale)
+             for lo in range(0, residual.shape[0], _ROWS)]
+    delta = torch.cat([d for d, _ in parts])  # (n, d)
+    wanted = max(float(residual.double().norm()) / abs(scale), 1e-30)
+    logger.info("norm after the MLP: %.3g of the residual is along its normal (not writable)",
+                sum(x for _, x in parts) ** 0.5 / wanted)
+    return delta.to(residual.dtype)
+
+
+def _through_norm(norm: nn.Module, site_out: torch.Tensor, residual: torch.Tensor,
+                  scale: float) -> tuple[torch.Tensor, float]:
+    """:func:`stream_to_site` for a few rows: ``Δo`` (rows, d) fp64 and ‖what is left‖²."""
+    target = residual.double() / scale  # (rows, d)
+    o = site_out.double()  # (rows, d)
+    rms = o.pow(2).mean(-1, keepdim=True).sqrt()  # (rows, 1)
     if not bool((rms > 0).all()):
         raise ValueError("the MLP's output is zero at a subject token: its norm has no direction")
-    gains = _rms_gains(norm, o, rms)  # (n, d)
-    start = gains * o / rms  # (n, d): N(o), on the ellipsoid
-    wanted = start + target
-    reached = nearest_on_ellipsoid(wanted, gains)  # (n, d)
-    delta = rms * reached / gains - o  # (n, d)
+    gains = _rms_gains(norm, o, rms)  # (rows, d)
+    wanted = gains * o / rms + target  # N(o) + R / scale; N(o) is on the ellipsoid
+    reached = nearest_on_ellipsoid(wanted, gains)  # (rows, d)
+    delta = rms * reached / gains - o  # (rows, d)
     if not bool(torch.isfinite(delta).all()):
         raise ValueError("the residual could not be mapped through the norm after the MLP")
-    lost = (wanted - reached).norm() / target.norm().clamp_min(1e-30)
-    logger.info("norm after the MLP: %.3g of the residual is along its normal (not writable)",
-                float(lost))
-    return delta.to(residual.dtype)
+    return delta, float((wanted - reached).pow(2).sum())
 
 
 def _rms_gains(norm: nn.Module, o: torch.Tensor, rms: torch.Tensor) -> torch.Tensor:
