@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from torch import Tensor
 
 from massedit.engine.hparams import EditHparams
-from massedit.engine.problem import Delta, LayerProblem, SecondMoment
+from massedit.engine.problem import BatchPlan, Delta, LayerProblem, SecondMoment
 
 
 @runtime_checkable
@@ -79,5 +79,5 @@ class MethodSpec:
     presets: str | None = None
 
 
-__all__ = ["Delta", "Distribution", "EditHparams", "LayerProblem", "MethodSpec", "Objective",
-           "SecondMoment", "WholeEditor"]
+__all__ = ["BatchPlan", "Delta", "Distribution", "EditHparams", "LayerProblem", "MethodSpec",
+           "Objective", "SecondMoment", "WholeEditor"]
