@@ -17,12 +17,13 @@ from massedit.editing.registry import get_distribution, get_method, get_objectiv
 from massedit.engine.context import corpus_prefixes, model_prefixes
 from massedit.engine.hparams import EditHparams
 from massedit.engine.identity import record_write, site_parameter, tensor_identity, weights_identity
-from massedit.engine.keys import Read, subject_states
+from massedit.engine.keys import Read, encode_rows, subject_states
 from massedit.engine.linalg import SingularProblemError, gram_products
 from massedit.engine.patch import EditPatch
 from massedit.engine.post_norm import site_residual
 from massedit.engine.problem import BatchPlan, LayerProblem
 from massedit.engine.requests import EditRequest, as_requests, requests_digest
+from massedit.engine.tokens import Encoded, encode_target
 from massedit.engine.writing import EditError as EditError  # re-exported: massedit.EditError
 from massedit.engine.writing import write_update
 from massedit.models.adapters import get_adapter, get_module, read_weight
@@ -35,14 +36,14 @@ from massedit.version import library_versions
 logger = logging.getLogger(__name__)
 
 
-def shared_key_groups(reqs: Sequence[EditRequest], names: Sequence[str],
+def shared_key_groups(rows: Sequence[Encoded], names: Sequence[str],
                       encoder_decoder: bool) -> list[tuple[str, ...]]:
-    """Names of requests with the same key: the same text up to the subject's end (a decoder
-    reads nothing after it), or the same whole text (an encoder reads all of it)."""
-    groups: dict[str, list[str]] = {}
-    for req, name in zip(reqs, names, strict=True):
-        text = req.text if encoder_decoder else req.text[: req.subject_span()[1]]
-        groups.setdefault(text, []).append(name)
+    """Names of requests with the same key: the same tokens up to the subject's last (a
+    decoder reads nothing after it), or the same whole prompt (an encoder reads all of it)."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for row, name in zip(rows, names, strict=True):
+        ids = row.ids if encoder_decoder else row.ids[: row.subject_last + 1]
+        groups.setdefault(tuple(ids), []).append(name)
     return [tuple(g) for g in groups.values() if len(g) > 1]
 
 
@@ -189,7 +190,7 @@ class Editor:
         objective says it cannot solve (:class:`EditError`, e.g. EMMET with more keys than the
         site's input width; the objective's optional ``check_batch``)."""
         reqs = as_requests(requests)
-        self._validate(reqs)
+        rows = self._validate(reqs)
         check = getattr(self.objective, "check_batch", None)
         if check is None or not reqs:
             return
@@ -198,7 +199,7 @@ class Editor:
         seq2seq = bool(self.model.config.is_encoder_decoder)
         same: list[tuple[str, ...]] = []
         for lo in range(0, len(reqs), batch_size):
-            same += shared_key_groups(reqs[lo : lo + batch_size], names[lo : lo + batch_size],
+            same += shared_key_groups(rows[lo : lo + batch_size], names[lo : lo + batch_size],
                                       seq2seq)
         d_in = min(read_weight(get_module(self.model, self.adapter.site_name(layer)),
                                self.adapter.layout).shape[1] for layer in self.layers)
@@ -242,18 +243,18 @@ class Editor:
         patch.metadata["stats"] = self._stats_record
         return patch
 
-    def _validate(self, reqs: Sequence[EditRequest]) -> None:
-        """Tokenise every request before anything runs, so bad input fails before any edit."""
-        from massedit.engine.keys import encode_rows
-        from massedit.engine.tokens import encode_target
-
+    def _validate(self, reqs: Sequence[EditRequest]) -> list[Encoded]:
+        """Tokenise every request before anything runs, so bad input fails before any edit;
+        returns each plain prompt's tokens."""
+        rows = []
         for i, req in enumerate(reqs):
             name = req.case_id if req.case_id is not None else i
             try:
-                encode_rows(self.tok, [req], [""])
+                rows += encode_rows(self.tok, [req], [""])
                 encode_target(self.tok, req.target_new)
             except ValueError as err:
                 raise ValueError(f"request {name!r}: {err}") from err
+        return rows
 
     def _metadata(self, reqs: Sequence[EditRequest]) -> dict[str, Any]:
         return {
