@@ -11,7 +11,7 @@ the same model and text share them. A site's sum depends only on the model, the 
 the budget and the batch size (in the fingerprint): each stack stops counting at the first batch
 that reaches its budget, whichever other sites share the pass. Site inputs are read with the
 engine's :func:`~massedit.engine.hooks.capture` and summed as the corpus pass sums them
-(:func:`~massedit.stats.passes.add_gram_upper_`).
+(:func:`~massedit.stats.passes.accumulate_gram_`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from massedit.models.seq2seq import Site
 from massedit.seq2seq.pairs import load_parallel
 from massedit.seq2seq.running import encode_output, encode_source, teacher_forced_batch, translate
 from massedit.stats.cache import cached_moments, site_fingerprint
-from massedit.stats.passes import add_gram_upper_, row_blocks, symmetrised
+from massedit.stats.passes import accumulate_gram_, row_blocks, symmetrised
 
 logger = logging.getLogger(__name__)
 
@@ -123,11 +123,11 @@ def parallel_pass(
                 run_until(model, batch)
             for site in active:
                 x = seen[site.name]  # (b, len, d_in)
-                k = x.reshape(-1, x.shape[-1])[masks[site.stack].to(x.device)].float()  # (t, d_in)
                 if site.name not in sums:
-                    sums[site.name] = torch.zeros(k.shape[1], k.shape[1], device=k.device)
-                    blocks[site.name] = row_blocks(k.shape[1])
-                add_gram_upper_(sums[site.name], k, blocks[site.name])
+                    d_in = x.shape[-1]
+                    sums[site.name] = torch.zeros(d_in, d_in, device=x.device)  # fp32
+                    blocks[site.name] = row_blocks(d_in)
+                accumulate_gram_(sums[site.name], blocks[site.name], x, masks[site.stack])
             for stack in {site.stack for site in active}:
                 counts[stack] += int(masks[stack].sum())
             seen.clear()  # the batch's activations are not kept

@@ -9,10 +9,11 @@ How the pass reads the corpus, so that P processes give the same sums as one:
   process; at each step the processes share their texts' lengths (one small all-gather), so every
   process knows which tokens fall inside the global budget: the first ``tokens`` tokens in corpus
   order, the last text cut where the budget ends.
-- Per batch of rows: one forward pass with hooks on every site, stopped after the deepest one;
-  each hook adds ``kᵀ k`` over the batch's real tokens into a ``(d_in, d_in)`` sum on the site's
-  device (``addmm_`` on the block upper triangle, since the matrix is symmetric: no per-token
-  outer products are ever materialised).
+- Per batch of rows: one forward pass that captures every site's input
+  (:func:`~massedit.engine.hooks.capture`) and stops after the deepest site; then ``kᵀ k`` over
+  the batch's real tokens is added into a ``(d_in, d_in)`` sum on the site's device (``addmm_``
+  on the block upper triangle, since the matrix is symmetric: no per-token outer products are
+  ever materialised).
 - At the end the sums are added over processes (all-reduce).
 """
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from massedit.engine.hooks import StopForward
+from massedit.engine.hooks import capture, run_until, stop_after
 from massedit.engine.problem import SecondMoment
 from massedit.models.adapters import get_module
 from massedit.stats.cache import StatsSpec
@@ -150,41 +151,38 @@ def symmetrised(upper: torch.Tensor, blocks: list[tuple[int, int]]) -> torch.Ten
     return upper + strict.T
 
 
+def accumulate_gram_(total: torch.Tensor, blocks: list[tuple[int, int]], x: torch.Tensor,
+                     mask: torch.Tensor) -> None:
+    """``total += kᵀ k`` over the real tokens of a site's input ``x`` (..., d_in), ``mask``
+    marking them in ``x``'s flattened leading dimensions; cast to the sum's device and dtype.
+    Corpus passes and parallel-text passes (pair edits) both sum this way."""
+    k = x.reshape(-1, x.shape[-1])[mask.to(x.device)]  # (tokens, d_in)
+    add_gram_upper_(total, k.to(device=total.device, dtype=total.dtype), blocks)
+
+
 class _SiteSums:
-    """Forward hooks adding ``kᵀ k`` at every site; the deepest one ends the forward pass.
+    """``kᵀ k`` at every site, read with the engine's :func:`~massedit.engine.hooks.capture`;
+    each forward pass stops after the deepest site, so nothing above it runs.
 
     ``sums`` hold the block upper triangle only (see :func:`add_gram_upper_`); checkpoints store
-    them as they are and :meth:`full` gives the symmetric matrices."""
+    them as they are and :meth:`full` gives the symmetric matrices. Hooks exist only during
+    :meth:`run`, so other passes (e.g. the model writing its own corpus, ``"self"``) are not
+    counted."""
 
     def __init__(self, model, sites: Sequence[str], dtype: torch.dtype) -> None:
         order = {name: i for i, (name, _) in enumerate(model.named_modules())}
         unknown = [s for s in sites if s not in order]
         if unknown:
             raise ValueError(f"no module named {unknown} in this model")
+        self.sites = list(sites)
         self.deepest = max(sites, key=lambda s: order[s])
         self.sums: dict[str, torch.Tensor] = {}
         self.blocks: dict[str, list[tuple[int, int]]] = {}
-        self.mask: torch.Tensor | None = None  # (batch·seq,) real tokens of the current batch
-        self.handles = []
         for site in sites:
             module = get_module(model, site)
             d_in, device = _site_width(module), next(module.parameters()).device
             self.sums[site] = torch.zeros(d_in, d_in, dtype=dtype, device=device)
             self.blocks[site] = row_blocks(d_in)
-            self.handles.append(module.register_forward_hook(self._hook(site)))
-
-    def _hook(self, site: str):
-        def hook(_module, args, _output):
-            if self.mask is None:  # e.g. the model generating its own corpus ("self")
-                return
-            x = args[0]
-            k = x.reshape(-1, x.shape[-1])[self.mask.to(x.device)]  # (tokens, d_in)
-            total = self.sums[site]
-            k = k.to(device=total.device, dtype=total.dtype)
-            add_gram_upper_(total, k, self.blocks[site])  # (d_in, d_in), no outer products
-            if site == self.deepest:
-                raise StopForward
-        return hook
 
     def restore(self, saved: dict[str, torch.Tensor]) -> None:
         for site, total in saved.items():
@@ -197,20 +195,15 @@ class _SiteSums:
         if model.config.is_encoder_decoder:  # decoder sites see the same text, teacher-forced
             enc["decoder_input_ids"] = enc["input_ids"]
             enc["decoder_attention_mask"] = enc["attention_mask"]
-        self.mask = enc["attention_mask"].reshape(-1).bool()  # (batch·seq,)
-        try:
-            model(**enc, use_cache=False)
-        except StopForward:
-            pass
-        finally:
-            self.mask = None
+        mask = enc["attention_mask"].reshape(-1).bool()  # (batch·seq,)
+        # capture is entered first, so its hook on the deepest site records before the stop.
+        with capture(model, self.sites, inputs=True) as seen, stop_after(model, self.deepest):
+            run_until(model, enc)
+        for site in self.sites:
+            accumulate_gram_(self.sums[site], self.blocks[site], seen[site], mask)
 
     def full(self, site: str) -> torch.Tensor:
         return symmetrised(self.sums[site], self.blocks[site])
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
 
 
 @torch.no_grad()
@@ -259,7 +252,6 @@ def collect_moments(
                     and checkpointer.due(before, state.tokens_done)):
                 checkpointer.save(state, acc.sums, dist)
     finally:
-        acc.close()
         bar.close()
     for total in acc.sums.values():
         dist.all_reduce_(total)
