@@ -1,0 +1,181 @@
+"""Mass editing at scale on SmolLM2: where each method stops working (issue 15's frontier).
+
+    python benchmarks/scale.py targets --n 2000             # 1. every target once, on disk
+    python benchmarks/scale.py single --sizes 100,300,1000,2000 --methods memit,emmet,alphaedit
+    python benchmarks/scale.py stream --n 2000 --batch-size 100 --every 2 \
+        --methods memit,alphaedit                          # 2. the AlphaEdit paper's protocol
+    python benchmarks/scale.py report                       # docs/studies/smollm2-scale/
+
+Facts are the first records of CounterFact in the EasyEdit form
+(``counterfact/counterfact_train_easyedit.json`` in the data mirror ``$MASSEDIT_DATA``: 10,000
+records, none of them the dev records the SmolLM2 presets were swept on). Statistics come from
+WikiText-2 validation, perplexity from WikiText-2 test.
+
+Targets are computed once per fact into massedit's disk target store (``Editor(target_store=
+True)``) and shared by every size and method: ``targets`` pays for them (resumable: re-run it
+after an interruption), and its per-fact seconds are the targets' cost; ``single`` then times
+each edit (keys and solves, with targets read from disk) in its own process, so the process's
+peak RSS is the edit's. Metrics of a batch larger than ``--measure`` (300) are taken on a fixed
+random sample of that many of its facts. Each result is a JSON file in ``--out``; re-running
+skips finished ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from massedit.data.locations import default_data_root, require_mirror_file
+
+logger = logging.getLogger("scale")
+ROOT = Path(__file__).resolve().parents[1]
+DATASET = "counterfact/counterfact_train_easyedit.json"
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident set size (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def load(n: int, model_name: str):
+    from massedit.evals.readers import load_eval_dataset
+    from massedit.models.loading import load_model
+
+    cases = load_eval_dataset(str(require_mirror_file(DATASET)), n)
+    model, tok = load_model(model_name)
+    return cases, model, tok
+
+
+def make_editor(model, tok, method: str, progress: bool = True):
+    from massedit import Editor, StatsSpec
+
+    corpus = str(require_mirror_file("wikitext-2/valid.txt"))
+    return Editor(model, tok, method, stats=StatsSpec(corpus=corpus), target_store=True,
+                  progress=progress)
+
+
+def run_targets(args) -> None:
+    """Every fact's target into the disk store (a re-run reads the finished ones)."""
+    cases, model, tok = load(args.n, args.model)
+    editor = make_editor(model, tok, "memit")  # MEMIT and AlphaEdit share its last layer
+    editor.moments()
+    editor.prefixes()
+    requests = [c.request for c in cases]
+    t0 = time.perf_counter()
+    for lo in range(0, len(requests), args.chunk):  # chunks: progress survives a kill
+        editor.edit(requests[lo : lo + args.chunk]).revert(model)
+        logger.info("targets for %d of %d facts (%.0f s)", min(lo + args.chunk, len(requests)),
+                    len(requests), time.perf_counter() - t0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = [float(t.seconds) for t in editor.target_cache.values()]
+    (out / "targets.json").write_text(json.dumps({
+        "n": len(requests), "seconds_per_target": sum(seconds) / max(1, len(seconds)),
+        "wall_seconds_this_call": time.perf_counter() - t0, "threads": torch.get_num_threads(),
+    }, indent=1))
+
+
+def run_one(args) -> None:
+    """One single-batch edit of the first ``size`` facts, measured; run in its own process."""
+    from massedit.evals.evaluation import EvalSettings, evaluate, summarize, unedited_reference
+    from massedit.evals.stream import retention_sample
+
+    cases, model, tok = load(args.size, args.model)
+    settings = EvalSettings(fluency=False)
+    sample = retention_sample(len(cases), args.measure, 0)
+    chosen = [cases[i] for i in sample]
+    reference = unedited_reference(model, tok, chosen, settings)
+    editor = make_editor(model, tok, args.method)
+    editor.moments()
+    editor.prefixes()
+    rss_before = peak_rss_gb()
+    t0 = time.perf_counter()
+    row = {"method": args.method, "size": args.size, "n_measured": len(chosen)}
+    try:
+        patch = editor.edit([c.request for c in cases])
+    except Exception as err:  # the frontier: a batch a method cannot write is a result too
+        row.update(status="error", error=f"{type(err).__name__}: {err}")
+    else:
+        edit_seconds = time.perf_counter() - t0
+        reused = [t.seconds for t in editor.target_cache.values()]
+        rows = evaluate(model, tok, chosen, settings, reference.locality_tokens)
+        row.update(status="finished", **{k: v for k, v in summarize(rows).items()
+                                         if k in ("efficacy_success", "paraphrase_success",
+                                                  "neighborhood_success", "score", "locality")})
+        row.update(seconds_edit=edit_seconds, seconds_edit_per_fact=edit_seconds / args.size,
+                   seconds_targets_per_fact=sum(reused) / max(1, len(reused)))
+        patch.revert(model)
+    row.update(peak_rss_gb=peak_rss_gb(), peak_rss_gb_before_edit=rss_before,
+               threads=torch.get_num_threads())
+    Path(args.json).write_text(json.dumps(row, indent=1))
+
+
+def run_single(args) -> None:
+    out = Path(args.out) / "single"
+    out.mkdir(parents=True, exist_ok=True)
+    for size in (int(s) for s in args.sizes.split(",")):
+        for method in args.methods.split(","):
+            target = out / f"{method}-{size}.json"
+            if target.exists():
+                continue
+            logger.info("%s at a batch of %d", method, size)
+            subprocess.run([sys.executable, __file__, "one", "--method", method, "--size",
+                            str(size), "--measure", str(args.measure), "--model", args.model,
+                            "--json", str(target)], check=True)
+
+
+def run_stream_benchmark(args) -> None:
+    from massedit.evals.stream import StreamSettings
+    from massedit.evals.stream_job import StreamOptions, run_stream_study
+
+    opts = StreamOptions(
+        model=args.model, dataset=str(require_mirror_file(DATASET)), out=Path(args.out) / "stream",
+        methods=tuple(args.methods.split(",")), n=args.n,
+        settings=StreamSettings(batch_size=args.batch_size, every=args.every,
+                                measure=args.measure),
+        heldout_text=str(require_mirror_file("wikitext-2/test.txt")), heldout_tokens=8192,
+        stats_corpus=str(require_mirror_file("wikitext-2/valid.txt")))
+    run_stream_study(opts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", default="smollm2-135m")
+    common.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale"))
+    common.add_argument("--measure", type=int, default=300)
+    common.add_argument("--threads", type=int, default=2)
+    p = sub.add_parser("targets", parents=[common])
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--chunk", type=int, default=50)
+    p = sub.add_parser("single", parents=[common])
+    p.add_argument("--sizes", default="100,300,1000,2000")
+    p.add_argument("--methods", default="memit,emmet,alphaedit")
+    p = sub.add_parser("one", parents=[common])
+    p.add_argument("--method", required=True)
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--json", required=True)
+    p = sub.add_parser("stream", parents=[common])
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--every", type=int, default=2)
+    p.add_argument("--methods", default="memit,alphaedit")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    default_data_root(ROOT)  # unless $MASSEDIT_DATA is set
+    {"targets": run_targets, "single": run_single, "one": run_one,
+     "stream": run_stream_benchmark}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
