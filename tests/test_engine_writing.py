@@ -7,8 +7,8 @@ import torch
 
 from massedit import EditError, EditPatch
 from massedit.engine.hparams import EditHparams
-from massedit.engine.problem import Delta
-from massedit.engine.writing import edit_metadata, write_update
+from massedit.engine.problem import Delta, SecondMoment
+from massedit.engine.writing import check_update, edit_metadata, output_change, write_update
 from massedit.models.adapters import get_adapter, get_module, read_weight
 from massedit.seq2seq.pair_edit import PairEditor
 from massedit.seq2seq.pairs import EditPair
@@ -84,3 +84,26 @@ def test_edit_metadata_keeps_the_editor_fields():
     assert meta["method"] == "x" and meta["n_requests"] == 3
     assert list(meta["hparams"]["layers"]) == [1]
     assert set(meta) >= {"model_type", "model", "hparams", "versions"}
+
+
+def test_the_guard_looks_at_the_layers_output_on_its_keys_before_refusing():
+    """Past ``max_update_ratio`` × ‖W‖ the guard asks how much the update changes the layer's
+    output on its statistics' keys (‖ΔW C½‖ / ‖W C½‖): an update along directions the keys
+    hardly use is kept (small trained models: toy-world edits are 14-52× ‖W‖ but 0.3-0.7× on
+    the keys), one that moves the output on the keys by as much is refused, and without
+    statistics the weight's norm alone decides."""
+    gen = torch.Generator().manual_seed(0)
+    d_out, d_in = 6, 8
+    weight = torch.randn(d_out, d_in, generator=gen)
+    used = torch.tensor([1.0] * 4 + [1e-3] * 4, dtype=torch.float64)  # the keys' scale per axis
+    keys = torch.randn(d_in, 500, generator=gen, dtype=torch.float64) * used[:, None]
+    moment = SecondMoment(keys @ keys.T, 500)
+    quiet, loud = torch.zeros(d_out, d_in), torch.zeros(d_out, d_in)
+    quiet[:, 4:] = 20.0 * weight.norm() / 24 ** 0.5  # ‖ΔW‖ = 20 ‖W‖, on the unused axes
+    loud[:, :4] = quiet[:, 4:]  # the same size on the used ones
+    assert check_update(Delta(dense=quiet), weight, "s", 10.0, moment) == pytest.approx(20.0)
+    assert output_change(quiet, weight, moment) < 0.1
+    with pytest.raises(EditError, match="changes the layer's output on its statistics' keys"):
+        check_update(Delta(dense=loud), weight, "s", 10.0, moment)
+    with pytest.raises(EditError, match="weight's own norm"):
+        check_update(Delta(dense=quiet), weight, "s", 10.0)

@@ -295,7 +295,7 @@ class Editor:
                 self.solved.append((problem, delta))
             # Guard, record the original, write, append the SiteDelta (docs/design.md §3).
             write_update(self.model, site, layer, adapter.layout, delta, patch,
-                         hp.max_update_ratio)
+                         hp.max_update_ratio, moment=moments[layer], ridge=hp.moment_ridge)
             record_write(param, before, delta)  # the weights' new identity, without hashing
             if getattr(self.objective, "uses_prior_keys", False):
                 gram = problem.key_gram()  # (d_in, d_in): all later batches need of these keys

@@ -140,7 +140,8 @@ class PairEditor:
         guard refuses raises :class:`~massedit.engine.writing.EditError` before any write."""
         site = solution.site
         return write_update(self.model, site.name, site.layer, self.adapter.layout,
-                            solution.delta.compact(), patch, self.hparams.max_update_ratio)
+                            solution.delta.compact(), patch, self.hparams.max_update_ratio,
+                            moment=solution.problem.moment, ridge=self.hparams.moment_ridge)
 
     # ---- the edit ----------------------------------------------------------------------------
     def edit(self, pairs: Iterable[EditPair | Mapping[str, Any]], site: Site | str) -> EditPatch:
