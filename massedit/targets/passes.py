@@ -2,9 +2,14 @@
 with δ added to block ``L``'s output at each row's subject token (docs/design.md §5, §11).
 
 The first pass runs the whole model and records block ``L``'s output (the blocks up to ``L``
-cannot depend on δ); later passes replay it. On decoder-only models the later passes also run
-the blocks above ``L`` on each row's suffix only (:mod:`massedit.targets.suffix`), once that is
-checked to reproduce the first pass, and drop the rows of requests that have stopped.
+cannot depend on δ); later passes replay it. On decoder-only models every pass that is
+differentiated runs the blocks above ``L`` on each row's suffix only
+(:mod:`massedit.targets.suffix`), and rows of requests that have stopped leave the batch. There
+the first pass is a plain forward pass (δ is zero then, so nothing of it needs a gradient): it
+records the blocks, the prefixes' keys/values and the reference logits, and the first
+differentiated pass is a suffix pass that must reproduce those logits, else every pass runs full
+rows. Memory is then that of one group's suffix rows, never of its full rows with their
+activations kept for backward (docs/design.md §11).
 """
 
 from __future__ import annotations
@@ -103,9 +108,12 @@ class GroupPass:
         self.picks = [(r.tgt_row, r.tgt_pos), (kl_rows, kl_pos)]
 
     def __call__(self, delta: torch.Tensor, done: torch.Tensor) -> PassOutput:
-        """Logits with ``delta`` (g, d) added; ``done`` (g,) marks requests that stopped."""
+        """Logits with ``delta`` (g, d) added; ``done`` (g,) marks requests that stopped. The
+        first call must be at δ = 0 (the recorded states and the suffix check assume it)."""
         if self.plan is not None:
             return self._suffix_pass(delta, done)
+        if self.replay and not self.recorded and self.suffix:
+            return self._first_suffix_pass(delta, done)
         model, r = self.model, self.rows
         captured: dict[str, torch.Tensor] = {}
 
@@ -124,17 +132,35 @@ class GroupPass:
         elif self.replay:
             with record_block_outputs(model, self.layers_path, self.layer) as rec, \
                     edit_output(model, self.block_name, add_delta):
-                if self.suffix:
-                    logits, cache = _logits_and_cache(model, r.batch, self.picks)
-                else:
-                    logits = _selected_logits(model, r.batch, self.picks)
+                logits = _selected_logits(model, r.batch, self.picks)
             self.recorded = dict(rec)
-            if self.suffix:
-                self.plan = self._checked_plan(cache, logits)
         else:
             with edit_output(model, self.block_name, add_delta):
                 logits = _selected_logits(model, r.batch, self.picks)
         return PassOutput(*logits, h=captured.get("h"))
+
+    def _first_suffix_pass(self, delta: torch.Tensor, done: torch.Tensor) -> PassOutput:
+        """Decoder-only, first call: an undifferentiated full pass (records blocks 0..L, the
+        prefixes' keys/values and the reference logits), then the suffix pass with ``delta``,
+        kept only if it reproduces the reference; otherwise replayed full rows from now on."""
+        model, r = self.model, self.rows
+        with torch.no_grad(), record_block_outputs(model, self.layers_path, self.layer) as rec:
+            reference, cache = _logits_and_cache(model, r.batch, self.picks)
+        self.recorded = dict(rec)
+        block_out = first_output(self.recorded[self.layer])  # (rows, T, d)
+        h = block_out[torch.arange(block_out.shape[0], device=block_out.device),
+                      r.subj_pos].float()  # (rows, d) block-L output at the subject, δ = 0
+        self.plan = self._suffix_plan(cache)
+        del cache  # the plan keeps the prefixes' part; the full rows' cache goes now
+        if self.plan is not None:
+            out = self._suffix_pass(delta, done)
+            if self._reproduces(reference, [out.tgt_logits, out.kl_logits]):
+                out.h = h
+                return out
+            self.plan, self._running = None, None
+        out = self(delta, done)  # replayed full rows
+        out.h = h
+        return out
 
     def _suffix_pass(self, delta: torch.Tensor, done: torch.Tensor) -> PassOutput:
         r = self.rows
@@ -151,26 +177,22 @@ class GroupPass:
         tgt_logits, kl_logits = _picked_logits(self.model, hidden, plan.picks)
         return PassOutput(tgt_logits, kl_logits, tgt_kept, kl_kept)
 
-    def _checked_plan(self, cache, full_logits: list[torch.Tensor]) -> SuffixPlan | None:
-        """A suffix plan, if it reproduces the first (full, δ = 0) pass's logits here."""
-        model = self.model
+    def _suffix_plan(self, cache) -> SuffixPlan | None:
+        """A suffix plan for this group's rows, or None where the shortcut does not apply."""
         try:
-            plan = plan_suffix(cache, self.rows.batch, self.rows.subj_pos, self.picks)
-            if plan is None:
-                return None
-            value = block_value(plan, first_output(self.recorded[self.layer]))
-            with torch.no_grad(), replay_blocks(model, self.layers_path, self.recorded, value):
-                logits = _picked_logits(model, suffix_hidden(model, plan), plan.picks)
+            return plan_suffix(cache, self.rows.batch, self.rows.subj_pos, self.picks)
         except Exception as err:  # noqa: BLE001 - a model the shortcut does not fit runs full rows
             logger.info("targets: every position runs (prefix cache not usable: %s)", err)
             return None
-        tol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
+
+    def _reproduces(self, full_logits: list[torch.Tensor], logits: list[torch.Tensor]) -> bool:
+        """Whether the suffix pass's logits equal the full pass's (δ = 0) to rounding."""
+        tol = 1e-4 if next(self.model.parameters()).dtype == torch.float32 else 2e-2
         for full, fast in zip(full_logits, logits, strict=True):
-            full = full.detach()
-            gap = float((full - fast).abs().max()) / (1.0 + float(full.abs().max()))
+            gap = float((full - fast.detach()).abs().max()) / (1.0 + float(full.abs().max()))
             if gap > tol:
                 logger.info("targets: every position runs (suffix pass differs by %.2g)", gap)
-                return None
+                return False
         logger.debug("targets: above the edit block, %d of %d positions per row run",
-                     plan.suffix_len, plan.full_len)
-        return plan
+                     self.plan.suffix_len, self.plan.full_len)
+        return True

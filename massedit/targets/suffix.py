@@ -129,11 +129,27 @@ def plan_suffix(
                       prefix_len, full_len)
 
 
+# Cache layers whose ``update`` rebinds ``keys``/``values`` to new tensors (``torch.cat``) and
+# never writes into the old ones: a shallow copy of the cache is enough to keep the plan's
+# tensors unchanged by a pass. Any other cache is deep-copied (its tensors too) every pass.
+_REBINDING_LAYERS = ("DynamicLayer", "DynamicSlidingWindowLayer")
+
+
+def _fresh_cache(cache):
+    """A copy of ``cache`` a forward pass may append to without changing ``cache``."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None and all(type(layer).__name__ in _REBINDING_LAYERS for layer in layers):
+        return map_cache(cache, lambda kv: kv)
+    if layers is None and type(cache).__name__ == "DynamicCache":  # older: lists rebuilt by cat
+        return map_cache(cache, lambda kv: kv)
+    return copy.deepcopy(cache)
+
+
 def suffix_hidden(model, plan: SuffixPlan) -> torch.Tensor:
-    """Last hidden states of the suffix slots, (rows, S, d). The plan's cache is copied, since
-    the forward pass appends to it."""
+    """Last hidden states of the suffix slots, (rows, S, d). The pass appends to a copy of the
+    plan's cache."""
     base = model.base_model
-    cache = {_cache_kwarg(base): copy.deepcopy(plan.cache)}
+    cache = {_cache_kwarg(base): _fresh_cache(plan.cache)}
     out = base(**plan.batch, **cache, use_cache=True)
     return out.last_hidden_state
 
