@@ -128,6 +128,9 @@ def run_edit(opts: EditOptions, console) -> EditOutcome:
     if problems:
         raise EditFileError(edits.source, problems)
     editor = Editor(model, tok, opts.method, **_editor_kwargs(opts))  # checks layers, preset
+    # A batch the objective cannot solve (e.g. EMMET with more facts than d_in) is refused
+    # before any scoring, statistics or targets, and before the run folder exists.
+    editor.check_batches(edits.requests, opts.batch_size)
     run = RunDir.open(opts.out, COMMAND, arguments, key)
     if run.finished:  # only --save-model is missing
         return _save_model_of_finished(opts, run, model)
