@@ -19,6 +19,16 @@ from torch import nn
 from massedit.models.adapters import get_module
 
 
+@contextmanager
+def removed_after(handles: list) -> Iterator[None]:
+    """Remove the hook ``handles`` when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 class StopForward(Exception):
     """Raised by a hook to end a forward pass early (nothing downstream is computed)."""
 
@@ -43,11 +53,8 @@ def capture(
             seen[name] = value.detach() if detach else value
 
         handles.append(module.register_forward_hook(hook))
-    try:
+    with removed_after(handles):
         yield seen
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextmanager
@@ -138,11 +145,8 @@ def record_block_outputs(model: nn.Module, layers_path: str, upto: int) -> Itera
             seen[i] = (tuple(o.detach() if torch.is_tensor(o) else o for o in output)
                        if isinstance(output, tuple) else output.detach())
         handles.append(blocks[i].register_forward_hook(hook))
-    try:
+    with removed_after(handles):
         yield seen
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextmanager

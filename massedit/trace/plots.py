@@ -42,6 +42,22 @@ def _layer_ticks(ax, depth: int) -> None:
     ax.set_xticklabels([str(t) for t in ticks])
 
 
+
+def _panel(fig: Figure, i: int, n_panels: int, values, kind: str, window: int,
+           rows: list[str], previous_rows: list[str] | None, title: str, bar_label: str,
+           vmin: float | None = None) -> None:
+    """Panel ``i``: ``values`` (rows, layers) as a heatmap with its colour bar."""
+    ax = fig.add_subplot(1, n_panels, i + 1)
+    image = ax.imshow(values.numpy(), cmap=CMAPS.get(kind, "Blues"), aspect="auto", vmin=vmin,
+                      interpolation="nearest")
+    ax.set_yticks(range(len(rows)))
+    # Row names once per row of panels, unless a panel shows other rows.
+    ax.set_yticklabels(rows if rows != previous_rows else [], fontsize=8)
+    _layer_ticks(ax, values.shape[1])
+    ax.set_xlabel(_xlabel(kind, window), fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax).set_label(bar_label, fontsize=8)
+
 def plot_trace(trace: FactTrace, path: str | Path, model_name: str | None = None) -> Path:
     """Write the heatmaps of one fact's trace to ``path`` (PNG)."""
     kinds = list(trace.kinds)
@@ -52,21 +68,11 @@ def plot_trace(trace: FactTrace, path: str | Path, model_name: str | None = None
     previous_rows = None
     for i, kind in enumerate(kinds):
         k = trace.kinds[kind]
-        ax = fig.add_subplot(1, len(kinds), i + 1)
-        image = ax.imshow(
-            k.scores.numpy(), cmap=CMAPS.get(kind, "Blues"), aspect="auto",
-            vmin=min(trace.corrupted_prob, float(k.scores.min())), interpolation="nearest",
-        )
         rows = [labels[p] for p in k.positions]
-        ax.set_yticks(range(len(rows)))
-        # Token names once per row of panels, unless a panel shows other tokens.
-        ax.set_yticklabels(rows if rows != previous_rows else [], fontsize=8)
+        _panel(fig, i, len(kinds), k.scores, kind, k.window, rows, previous_rows,
+               f"restoring the {KIND_TITLES.get(kind, kind)}", f"p({trace.answer})",
+               vmin=min(trace.corrupted_prob, float(k.scores.min())))
         previous_rows = rows
-        _layer_ticks(ax, k.scores.shape[1])
-        ax.set_xlabel(_xlabel(kind, k.window), fontsize=8)
-        ax.set_title(f"restoring the {KIND_TITLES.get(kind, kind)}", fontsize=9)
-        bar = fig.colorbar(image, ax=ax)
-        bar.set_label(f"p({trace.answer})", fontsize=8)
     where = f" in {model_name}" if model_name else ""
     fig.suptitle(
         f"{trace.prompt!r} -> {trace.answer!r}{where}: clean p={trace.clean_prob:.2f}, "
@@ -82,18 +88,11 @@ def plot_average(avg: AverageTrace, path: str | Path, model_name: str | None = N
     previous_rows = None
     for i, kind in enumerate(kinds):
         k = avg.kinds[kind]
-        ax = fig.add_subplot(1, len(kinds), i + 1)
-        image = ax.imshow(k.effect.numpy(), cmap=CMAPS.get(kind, "Blues"), aspect="auto",
-                          interpolation="nearest")
         rows = [f"{c} ({n})" for c, n in zip(CATEGORIES, k.counts, strict=True)]
-        ax.set_yticks(range(len(CATEGORIES)))
-        ax.set_yticklabels(rows if rows != previous_rows else [], fontsize=8)
+        _panel(fig, i, len(kinds), k.effect, kind, k.window, rows, previous_rows,
+               f"average indirect effect of the {KIND_TITLES.get(kind, kind)}",
+               "average indirect effect")
         previous_rows = rows
-        _layer_ticks(ax, k.effect.shape[1])
-        ax.set_xlabel(_xlabel(kind, k.window), fontsize=8)
-        ax.set_title(f"average indirect effect of the {KIND_TITLES.get(kind, kind)}", fontsize=9)
-        bar = fig.colorbar(image, ax=ax)
-        bar.set_label("average indirect effect", fontsize=8)
     where = f" ({model_name})" if model_name else ""
     fig.suptitle(
         f"{avg.n_facts} facts{where}: mean clean p={avg.clean_prob:.2f}, "
