@@ -23,18 +23,19 @@ import torch
 
 from massedit import Editor, StatsSpec
 from massedit.testing import TOY_EDIT_LAYERS, toy_world_model
+from massedit.testing.conformance_edits import TOY_PRESETS
 from massedit.testing.toyworld import WIDE_GPT2_EDIT_LAYERS, WIDE_GPT2_SPEC, recall
 
 logger = logging.getLogger("bench")
 
 # The toy model's key statistics have another scale than a real model's (docs/design.md §5: λ does
-# not
-# transfer): λ = 10 is what tests/test_toyworld_edits.py uses for MEMIT.
+# not transfer): MEMIT's λ is the conformance kit's toy preset (TOY_PRESETS), which
+# tests/test_toyworld_edits.py uses too.
 DEFAULTS = {
-    "memit": {"mom2_lambda": 10.0},
+    "memit": dict(TOY_PRESETS["memit"]),
     "alphaedit": {},
 }
-COMMON = {"v_num_grad_steps": 40, "max_update_ratio": 1e4}
+COMMON = {"v_num_grad_steps": 40}
 
 
 def hits(model, tok, pairs) -> float:

@@ -18,10 +18,15 @@ from massedit.editing.registry import get_method, preset_models, registered_by
 from massedit.engine.patch import EditPatch
 from massedit.jobs.runs import RunDir
 from massedit.jobs.sequential import edit_resumably
-from massedit.testing import ToyThresholds, check_method, tiny_model
+from massedit.testing import check_method, tiny_model
+from massedit.testing.conformance_edits import TINY_SETTINGS
 
-FAST = dict(layers=(1, 2), v_num_grad_steps=4, context_lengths=((2, 4),),
-            stats_tokens_per_width=30, max_update_ratio=1e9)
+FAST = TINY_SETTINGS  # the kit's settings for random tiny models
+# AlphaEdit's settings for the toy world, as its presets hold them for real models: a smaller
+# null space. Over toy models of training seeds 0, 1, 2 (benchmarks/toy_thresholds.py kit) it
+# then flips 0.9-1.0 of the kit's 10 facts and 0.9-0.95 of their other phrasings and keeps
+# 0.86-0.95 of the other facts; at the default threshold (0.1) it keeps only 0.66 on seed 0.
+ALPHAEDIT_TOY = {"null_space_threshold": 0.02}
 REQUESTS = [
     EditRequest("The {} is located in", "Eiffel Tower", "Rome", "Paris"),
     EditRequest("{} plays", "Michael Jordan", "football", "basketball"),
@@ -155,15 +160,14 @@ def test_edit_command_runs_alphaedit(tmp_path, tiny_corpus, stats_dir, monkeypat
 
 
 def test_alphaedit_passes_the_kit_and_edits_the_toy_world(tmp_path, stats_dir):
-    # The built-ins' efficacy floors (tests/test_conformance.py), for the same reason; locality
-    # measured 0.85 (the built-ins keep 0.97 of these 4 facts), so the kit's default 0.8 holds it.
-    report = check_method("alphaedit", workdir=tmp_path, stats_cache_dir=stats_dir,
-                          thresholds=ToyThresholds(efficacy=0.5, paraphrase=0.6, locality=0.8))
+    """The example plug-in passes the kit as its author runs it: default thresholds, its own
+    toy-world settings."""
+    report = check_method("alphaedit", overrides=ALPHAEDIT_TOY, workdir=tmp_path,
+                          stats_cache_dir=stats_dir)
     assert report.passed, str(report)
     checks = report.checks()
     assert "objective 'null_space': preserves corpus keys: ΔW C = 0 for rank-deficient C" in checks
     assert "objective 'null_space': uses prior keys: earlier batches' keys move less" in checks
-    assert report.measures["efficacy"] >= 0.75  # measured 0.75: 3 of the 4 facts
 
 
 def test_compare_command_runs_memit_and_alphaedit(tmp_path, stats_dir, monkeypatch):

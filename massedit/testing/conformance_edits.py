@@ -3,7 +3,7 @@
 - tiny models (random, built from configs): two sequential batches, then the patch round trip —
   only the patch's sites changed, save/load, re-apply to a fresh copy bit for bit, refuse an
   already edited model, revert bit for bit;
-- the cached toy-world model: a few facts must flip (efficacy), carry to the other phrasings
+- the cached toy-world model: 10 facts must flip (efficacy), carry to the other phrasings
   (paraphrase) and leave other subjects' facts alone (locality), and revert must restore it.
 """
 
@@ -46,27 +46,51 @@ TINY_REQUESTS = (
     EditRequest("The mother tongue of {} is", "Danielle Darrieux", "English", "French"),
     EditRequest("{} works as a", "Barack Obama", "chef", "politician"),
 )
-# Random tiny models know nothing, so the updates are large: only the mechanics are checked.
+# Random tiny models know nothing: their MLPs output noise far smaller than any target, so the
+# updates dwarf the weights (up to 460x ‖W‖ on tiny gemma3_text) and no bound relative to the
+# model applies; only the mechanics are checked.
 TINY_SETTINGS: dict[str, Any] = dict(
     layers=(1, 2), v_num_grad_steps=4, context_lengths=((2, 4),), stats_tokens_per_width=30,
     max_update_ratio=1e9)
-# The toy model's MLP weights are tiny (|W| ≈ 4), so the update-size limit is relaxed there.
-TOY_SETTINGS: dict[str, Any] = dict(v_num_grad_steps=60, max_update_ratio=1e4)
+# Hyper-parameters for the toy-world models, as a preset holds them for a real model (λ and the
+# number of target steps do not carry over between models, docs/design.md §5): every method gets
+# TOY_SETTINGS and the edit layers of KIT_TOY_MODELS, a built-in also its line of TOY_PRESETS; a
+# plug-in passes its own as ``overrides``. tests/test_toyworld_edits.py edits with the same.
+TOY_SETTINGS: dict[str, Any] = dict(v_num_grad_steps=60)
+TOY_PRESETS: dict[str, dict[str, Any]] = {
+    "rome": dict(v_num_grad_steps=80),  # its one layer must carry each fact alone
+    "memit": dict(mom2_lambda=10.0),  # the toy model's C has another scale than a real model's
+}
+TOY_BATCH_SIZES: dict[str, int] = {"rome": 1}  # ROME writes one fact at a time
 # Which toy model the kit edits per architecture, and at which layers: for gpt2 the wide model,
 # whose subjects' keys are distinct enough for batch edits to stay specific (see toyworld.py).
 KIT_TOY_MODELS: dict[str, tuple[TrainSpec | None, tuple[int, ...]]] = {
     "gpt2": (WIDE_GPT2_SPEC, WIDE_GPT2_EDIT_LAYERS),
     "llama": (None, TOY_EDIT_LAYERS["llama"]),
 }
+N_TOY_EDITS = 10  # facts the kit writes: world.requests(10, seed=1), as the acceptance test
 N_UNRELATED = 100  # other subjects' facts whose recall must survive the edit
+
+
+def toy_settings(method: str, arch: str = "gpt2",
+                 overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The hyper-parameters the kit edits the toy model of ``arch`` with: its edit layers,
+    :data:`TOY_SETTINGS`, the method's line of :data:`TOY_PRESETS`, then ``overrides``."""
+    return {"layers": KIT_TOY_MODELS[arch][1], **TOY_SETTINGS, **TOY_PRESETS.get(method, {}),
+            **(overrides or {})}
 
 
 @dataclass(frozen=True)
 class ToyThresholds:
-    """What a method must reach on the toy-world model (shares of prompts, 0-1)."""
+    """What a method must reach on the kit's toy-world edit (shares of prompts, 0-1).
 
-    efficacy: float = 0.75  # edited prompts now give target_new
-    paraphrase: float = 0.5  # the other phrasings of the edited facts too
+    The defaults are what the built-ins meet, with margin: over toy models of training seeds 0,
+    1 and 2 (benchmarks/toy_thresholds.py kit) ROME, MEMIT and EMMET flip 0.9-1.0 of the 10 facts
+    and of their other phrasings, and keep 0.91-0.97 of the other facts.
+    """
+
+    efficacy: float = 0.8  # edited prompts now give target_new
+    paraphrase: float = 0.8  # the other phrasings of the edited facts too
     locality: float = 0.8  # other subjects' facts recalled before are still recalled
 
 
@@ -77,7 +101,7 @@ def check_method(
     tiny_overrides: Mapping[str, Any] | None = None,
     tiny_types: Sequence[str] = ("gpt2", "llama"),
     toy_arch: str | None = "gpt2",
-    n_edits: int = 4,
+    n_edits: int = N_TOY_EDITS,
     batch_size: int | None = None,
     thresholds: ToyThresholds = ToyThresholds(),
     devices: Sequence[str] | None = None,
@@ -88,12 +112,15 @@ def check_method(
     """Check a registered method: its objective and distribution, tiny-model edits and the
     patch round trip, and toy-world efficacy/locality.
 
-    ``overrides`` are the method's hyper-parameters for the toy-world model (its layers default
-    to those of :data:`KIT_TOY_MODELS`); ``toy_arch=None`` skips the toy world.
+    ``overrides`` are the method's hyper-parameters for the toy-world model, over
+    :func:`toy_settings` (the built-ins need none); ``batch_size`` defaults to
+    :data:`TOY_BATCH_SIZES` (else all facts in one batch); ``toy_arch=None`` skips the toy world.
+    The built-ins pass with the default ``thresholds``.
     Patches and corpora go to ``workdir`` (a temporary folder by default), key statistics to
     massedit's fingerprinted cache (``stats_cache_dir``, default ``$MASSEDIT_CACHE`` or the user
-    cache), so later runs reuse them. About 5-10 s on a CPU once the toy model and statistics are
-    cached (training the toy model the first time takes a minute or two).
+    cache), so later runs reuse them. About 10 s on a CPU once the toy model and statistics are
+    cached, 20 s for ROME (one fact per batch); training the wide toy model the first time takes
+    about five minutes on one thread.
     """
     report = ConformanceReport(f"method {name!r}")
     found: list[Any] = []
@@ -126,6 +153,8 @@ def check_method(
             run_check(report, f"tiny {model_type} on {device}: two sequential batches, patch "
                       "save/load/apply/revert", tiny)
         if toy_arch is not None:
+            if batch_size is None:
+                batch_size = TOY_BATCH_SIZES.get(name)
             _toy_world_checks(report, name, toy_arch, n_edits, batch_size, dict(overrides or {}),
                               thresholds, root, stats_cache_dir)
     return report.raise_for_failures() if raise_on_failure else report
@@ -213,14 +242,17 @@ def _toy_world_checks(report: ConformanceReport, method: str, arch: str, n_edits
         run_check(report, f"toy world {metric} ≥ {floor:.2f}", at_least)
 
 
-def toy_world_edit(method: str, arch: str = "gpt2", n_edits: int = 4,
+def toy_world_edit(method: str, arch: str = "gpt2", n_edits: int = N_TOY_EDITS,
                    batch_size: int | None = None, overrides: Mapping[str, Any] | None = None,
                    workdir: str | Path | None = None, *, stats_cache_dir: str | Path | None = None,
-                   seed: int = 1) -> dict[str, float]:
+                   seed: int = 1, train_seed: int | None = None) -> dict[str, float]:
     """Edit ``n_edits`` toy-world facts with ``method``, measure, revert; returns efficacy,
-    paraphrase and locality (shares, 0-1). Raises if revert is not bit-exact."""
-    spec, layers = KIT_TOY_MODELS[arch]
-    model, tok, world = toy_world_model(arch, spec=spec)
+    paraphrase and locality (shares, 0-1). Raises if revert is not bit-exact. The settings are
+    :func:`toy_settings` with ``overrides``; ``batch_size=None`` writes all facts in one batch.
+    ``seed`` draws the facts; ``train_seed`` picks another independently trained toy model (the
+    kit's own is that of the default)."""
+    spec, _ = KIT_TOY_MODELS[arch]
+    model, tok, world = toy_world_model(arch, spec=spec, train_seed=train_seed)
     with tempfile.TemporaryDirectory(prefix="massedit-toy-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
         corpus = root / f"toyworld-{arch}.txt"
@@ -234,7 +266,7 @@ def toy_world_edit(method: str, arch: str = "gpt2", n_edits: int = 4,
         with torch.no_grad():
             known = recall(model, tok, other_prompts, other_answers)[0]  # (N_UNRELATED,) bool
         original = _state(model)
-        settings = {"layers": layers, **TOY_SETTINGS, **(overrides or {})}
+        settings = toy_settings(method, arch, overrides)
         stats = StatsSpec(corpus=str(corpus), cache_dir=_str(stats_cache_dir))
         editor = Editor(model, tok, method=method, stats=stats, progress=False, **settings)
         patch = editor.edit(requests, batch_size=batch_size)
