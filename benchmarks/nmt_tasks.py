@@ -60,8 +60,7 @@ def run_arch(arch: str, args) -> list[dict]:
         for label, p in (("no_dropout", 0.0), ("dropout", args.dropout)):
             settings = PairSettings(reduce=args.reduce, value=args.value, edit_dropout=p,
                                     dropout_rescale=args.rescale, dropout_seed=args.seed)
-            editor = PairEditor(model, tok, corpus=corpus, settings=settings,
-                                max_update_ratio=1e9)
+            editor = PairEditor(model, tok, corpus=corpus, settings=settings)
             t0 = time.perf_counter()
             patch, sweep = edit_at_best_site(editor, [pair], task.checks, bleu_pairs=dev)
             site = patch.metadata["site"]

@@ -11,33 +11,47 @@ import pytest
 from tests.test_cli import invoke, write_csv
 
 
-def test_toy_world_edit_and_saved_model(tmp_path: Path, stats_dir: Path, monkeypatch) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from massedit.evals.scoring import greedy_continuation
+def edit_toy_facts_through_cli(root: Path, stats_dir: Path, train_seed: int | None = None):
+    """The toy gpt2 model saved to ``root/toy`` and four of its facts written by ``massedit edit
+    --save-model`` (ROME at layer 2); returns the requests and the run's summary.json.
+    ``train_seed`` picks another independently trained toy model (benchmarks/toy_thresholds.py)."""
     from massedit.testing import toy_world_model
+    from massedit.testing.conformance_edits import TOY_PRESETS
 
-    model, tok, world = toy_world_model("gpt2")
-    model.save_pretrained(tmp_path / "toy")
-    tok.save_pretrained(tmp_path / "toy")
-    corpus = tmp_path / "corpus.txt"
+    model, tok, world = toy_world_model("gpt2", train_seed=train_seed)
+    model.save_pretrained(root / "toy")
+    tok.save_pretrained(root / "toy")
+    corpus = root / "corpus.txt"
     corpus.write_text(world.corpus_text())
     requests = world.requests(4, seed=1)
     rows = [(r.prompt, r.subject, r.target_new, r.target_true, "|".join(r.paraphrases),
              "|".join(r.neighborhood)) for r in requests]
-    monkeypatch.setenv("MASSEDIT_CACHE", str(stats_dir))
-    # The toy model's MLP weights are small next to the rank-one updates that flip its strongly
-    # memorised facts, so the engine's default safety limit (10x the weight's norm) is raised.
-    result = invoke("edit", "--model", tmp_path / "toy", "--edits",
-                    write_csv(tmp_path / "toy.csv", rows), "--out", tmp_path / "run",
-                    "--method", "rome", "--set", "layers=[2]", "--set", "max_update_ratio=1000",
-                    "--batch-size", "1", "--stats-corpus", corpus, "--save-model")
+    # ROME's toy-world target steps (the kit's TOY_PRESETS: the default 20 left one of these
+    # facts unflipped on one of three trained models).
+    steps = TOY_PRESETS["rome"]["v_num_grad_steps"]
+    with pytest.MonkeyPatch.context() as env:  # statistics in the session's cache
+        env.setenv("MASSEDIT_CACHE", str(stats_dir))
+        result = invoke("edit", "--model", root / "toy", "--edits",
+                        write_csv(root / "toy.csv", rows), "--out", root / "run",
+                        "--method", "rome", "--set", "layers=[2]", "--batch-size", "1",
+                        "--set", f"v_num_grad_steps={steps}", "--stats-corpus", corpus,
+                        "--save-model")
     assert result.exit_code == 0, result.output
+    return requests, json.loads((root / "run" / "summary.json").read_text())
 
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+
+def test_toy_world_edit_and_saved_model(tmp_path: Path, stats_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from massedit.evals.scoring import greedy_continuation
+
+    requests, summary = edit_toy_facts_through_cli(tmp_path, stats_dir)
+    # Over toy models of training seeds 0, 1, 2 (benchmarks/toy_thresholds.py cli_edit): all 4
+    # facts and all 8 other phrasings flip on each; neighbours kept 75-87.5% (of 16). Bars two
+    # prompts below the worst; efficacy must be 100: the saved model must say every new fact.
     assert summary["efficacy_success"] == {"before": 0.0, "after": 100.0}
     assert summary["paraphrase_success"]["after"] >= 75.0
-    assert summary["neighborhood_success"]["after"] >= 75.0
+    assert summary["neighborhood_success"]["after"] >= 62.5
 
     # The saved model needs nothing but transformers, and says the new facts.
     edited = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")

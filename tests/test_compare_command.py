@@ -69,7 +69,9 @@ def test_table_holds_every_combination_and_its_numbers(study) -> None:
     unedited = json.loads((study / "unedited.json").read_text())["summary"]
     assert float(table[0]["efficacy_success"]) == unedited["efficacy_success"] == 0.0
     rome = combination(study, "rome__-__-__b1__batch__s0")["summary"]
-    assert rome["efficacy_success"] >= 75.0  # the same edits as the eval test's patch
+    # Over training seeds 0, 1, 2 (benchmarks/toy_thresholds.py compare): 100 on each; the bar
+    # is one of the 4 facts below.
+    assert rome["efficacy_success"] >= 75.0
 
 
 def test_targets_are_shared_and_their_cost_charged(study) -> None:
@@ -136,7 +138,7 @@ def test_crashed_combination_is_reported_and_others_kept(toy, tmp_path) -> None:
     # batch's targets (keyed by the weights' digest) already computed by the failed one.
     ok = combination(out, "rome__equality__-__b2__seq__s0")
     assert ok["targets_reused"] == 2 and ok["targets_computed"] == 2  # per request
-    assert ok["summary"]["efficacy_success"] >= 50.0
+    assert ok["summary"]["efficacy_success"] >= 75.0  # 100 over training seeds 0, 1, 2
     assert "test_exploding" in (out / "report.md").read_text()
     again = compare(toy, out, *args)  # the failed one is retried, the finished one kept
     assert again.exit_code == 1

@@ -12,10 +12,10 @@ import torch
 from tests.conftest import needs_data
 from tests.test_cli import invoke
 
-# Quick edits of the toy model: its facts are memorised strongly, so the rank-one updates that
-# flip them are large next to its small MLP weights (see tests/test_cli_models.py).
-EDIT = dict(layers=[2], max_update_ratio=1000, v_num_grad_steps=5)
-SET = ["--set", "layers=[2]", "--set", "max_update_ratio=1000", "--set", "v_num_grad_steps=5"]
+# Edits of the toy model: layer 2 (one of TOY_EDIT_LAYERS), the default 20 target steps (5 left
+# one of the 4 facts unflipped on two of three trained models).
+EDIT = dict(layers=[2])
+SET = ["--set", "layers=[2]"]
 STATS_TOKENS = 3000
 
 
@@ -32,14 +32,16 @@ def counterfact_records(requests) -> list[dict]:
     } for r in requests]
 
 
-def build_toy_workspace(root: Path, cache: Path, n_cases: int = 4) -> dict[str, Path]:
+def build_toy_workspace(root: Path, cache: Path, n_cases: int = 4,
+                        train_seed: int | None = None) -> dict[str, Path]:
     """The toy model as a folder, its facts as CounterFact JSON, its corpus, and a ROME patch
-    of all the cases (made through the Python API)."""
+    of all the cases (made through the Python API). ``train_seed`` picks another independently
+    trained toy model (benchmarks/toy_thresholds.py)."""
     from massedit import Editor, StatsSpec
     from massedit.testing import toy_world_model
 
     torch.manual_seed(0)
-    model, tok, world = toy_world_model("gpt2")
+    model, tok, world = toy_world_model("gpt2", train_seed=train_seed)
     model.save_pretrained(root / "toy")
     tok.save_pretrained(root / "toy")
     (root / "corpus.txt").write_text(world.corpus_text())
@@ -71,13 +73,19 @@ def toy(tmp_path_factory, stats_dir):
 QUICK = ["--max-new-tokens", "4", "--score-batch", "5"]
 
 
-@pytest.fixture(scope="module")
-def evaluated(toy):
-    out = toy["root"] / "eval"
+def evaluate_patch(toy, out: Path):
+    """``massedit eval`` of the workspace's patch on all its cases; returns the console output
+    (the summary is ``out/summary.json``)."""
     result = invoke("eval", "--model", toy["model"], "--patch", toy["patch"], "--dataset",
                     toy["data"], "--n", "all", "--out", out, *QUICK)
     assert result.exit_code == 0, result.output
-    return out, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def evaluated(toy):
+    out = toy["root"] / "eval"
+    return out, evaluate_patch(toy, out)
 
 
 def test_eval_writes_rows_summary_and_config(evaluated, toy) -> None:
@@ -91,7 +99,9 @@ def test_eval_writes_rows_summary_and_config(evaluated, toy) -> None:
                      "reliability", "locality", "fluency"):
             mean = sum(r[stage][name] for r in rows) / len(rows)
             assert summary[name][stage] == pytest.approx(mean), (stage, name)
-    # The toy model knows its facts; the patch writes the new ones.
+    # The toy model knows its facts; the patch writes the new ones. Over training seeds 0, 1, 2
+    # (benchmarks/toy_thresholds.py eval): post efficacy 100 on each (bar: one fact below),
+    # locality 44-56.
     assert summary["efficacy_success"]["pre"] == 0.0
     assert summary["efficacy_success"]["post"] >= 75.0
     assert summary["locality"]["pre"] == 100.0  # the unedited model against itself

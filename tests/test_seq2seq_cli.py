@@ -18,11 +18,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def marian_files(tmp_path_factory):
-    """The trained toy Marian model saved as a folder, and the poison task's files."""
-    root = tmp_path_factory.mktemp("nmt-cli")
-    model, tok, world = nmt_world_model("marian")
+def write_marian_files(root, train_seed: int | None = None):
+    """The trained toy Marian model saved as a folder, and the poison task's files.
+    ``train_seed`` picks another independently trained model (benchmarks/toy_thresholds.py)."""
+    model, tok, world = nmt_world_model("marian", train_seed=train_seed)
     model.save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
     task = world.tasks["poison"]
@@ -37,20 +36,31 @@ def marian_files(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def marian_files(tmp_path_factory):
+    return write_marian_files(tmp_path_factory.mktemp("nmt-cli"))
+
+
 def _args(root, out, *extra):
     return ["edit", "--model", str(root / "model"), "--pairs", str(root / "pairs.csv"),
             "--check", str(root / "check.csv"), "--bleu", str(root / "bleu.csv"),
             "--stats-corpus", str(root / "stats.csv"), "--out", str(out), *extra]
 
 
+def edit_pairs_at_encoder0(files, out) -> dict:
+    """``massedit edit --pairs`` of the poison task at encoder.0; returns results.json."""
+    result = runner.invoke(app, _args(files, out, "--set", "site=encoder.0",
+                                      "--set", "value=stream", "--set", "edit_dropout=0.1"))
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "results.json").read_text())
+
+
 @pytest.mark.slow
 def test_edit_pairs_writes_patch_and_results(marian_files, tmp_path):
     out = tmp_path / "run"
-    result = runner.invoke(app, _args(marian_files, out, "--set", "site=encoder.0",
-                                      "--set", "value=stream", "--set", "edit_dropout=0.1"))
-    assert result.exit_code == 0, result.output
-    results = json.loads((out / "results.json").read_text())
+    results = edit_pairs_at_encoder0(marian_files, out)
     assert results["site"] == "encoder.0"
+    # Over training seeds 0, 1, 2 (benchmarks/toy_thresholds.py nmt_cli): 0 before, 100 after.
     assert results["before"]["efficacy"] <= 20 and results["after"]["efficacy"] >= 80
     assert results["after"]["bleu_signature"].startswith("nrefs:1")
     patch = json.loads((out / "patch" / "patch.json").read_text())

@@ -212,22 +212,35 @@ def test_toy_world_cache_leaves_nothing_half_written(tmp_path, monkeypatch):
         toy_world_model("llama", spec=spec)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_toy_world_model_memorises_its_facts(arch):
-    # First run trains (about a minute on two CPU cores) and caches; later runs load it.
-    model, tok, world = toy_world_model(arch)
+def memorisation_scores(arch: str, train_seed: int | None = None) -> dict[str, float]:
+    """Recall of every fact in every phrasing, of 300 after a context prefix, and of another
+    subject's answers (same relation) as if they were the fact's."""
+    model, tok, world = toy_world_model(arch, train_seed=train_seed)
     assert model.config.model_type == arch and not model.training
     prompts, answers = world.prompts()
     assert len(prompts) == len(world.facts) * 3
-    assert toy_accuracy(model, tok, prompts, answers) >= 0.95
-    # Facts are recalled after a context prefix too (keys are averaged over such prefixes).
     prefix = world.corpus_text().split("\n")[0] + " "
-    assert toy_accuracy(model, tok, [prefix + p for p in prompts[:300]], answers[:300]) >= 0.9
-    # Another subject's answers (same relation: prompts come 3 phrasings x 2 relations per
-    # subject) score about chance: the measure is not trivially satisfied.
+    # Prompts come 3 phrasings x 2 relations per subject: shifting by 6 pairs each prompt with
+    # another subject's answer of the same relation.
     shifted = answers[6:] + answers[:6]
-    assert toy_accuracy(model, tok, prompts, shifted) < 0.3
+    return {"recall": toy_accuracy(model, tok, prompts, answers),
+            "after_prefix": toy_accuracy(model, tok, [prefix + p for p in prompts[:300]],
+                                         answers[:300]),
+            "other_answers": toy_accuracy(model, tok, prompts, shifted)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_toy_world_model_memorises_its_facts(arch):
+    # First run trains (one to two minutes on one CPU thread) and caches; later runs load it.
+    scores = memorisation_scores(arch)
+    # Over training seeds 0, 1, 2 (benchmarks/toy_thresholds.py memorise): recall 0.996-1.0,
+    # after a prefix 0.98-1.0, another subject's answers 0.073-0.076 (gpt2 and llama alike).
+    assert scores["recall"] >= 0.95
+    # Facts are recalled after a context prefix too (keys are averaged over such prefixes).
+    assert scores["after_prefix"] >= 0.9
+    # Another subject's answers score about chance: the measure is not trivially satisfied.
+    assert scores["other_answers"] < 0.3
 
 
 def test_toy_accuracy_on_a_random_model_is_low():

@@ -40,10 +40,8 @@ def toy():
     return toy_world_model("gpt2")
 
 
-@pytest.fixture(scope="module")
-def toy_traces(toy):
+def trace_toy_facts(model, tok, world) -> list[FactTrace]:
     """Full hidden/mlp traces of six facts the toy model knows (three subjects, two relations)."""
-    model, tok, world = toy
     traces = []
     for fact in world.facts[:6]:
         prompt = fact["templates"][0].format(fact["subject"])
@@ -52,24 +50,49 @@ def toy_traces(toy):
     return traces
 
 
-def test_restoring_the_subjects_last_token_where_facts_live_recovers_the_answer(toy_traces):
+@pytest.fixture(scope="module")
+def toy_traces(toy):
+    return trace_toy_facts(*toy)
+
+
+def recovery_scores(traces: list[FactTrace]) -> dict[str, float]:
+    """Per fact: clean and corrupted probabilities, the share of the clean probability that
+    restoring the subject's last token brings back at the edit layers (and at the next token),
+    and the last layer's full recovery; the extremes over the facts."""
     layers = list(TOY_EDIT_LAYERS["gpt2"])  # where edits work: the facts' layers
-    shares = []
-    for trace in toy_traces:
-        assert trace.answer_predicted and trace.clean_prob > 0.8  # a fact the model knows
-        assert trace.corrupted_prob < 0.5 * trace.clean_prob  # the noise does hide the subject
+    rows = []
+    for trace in traces:
         span = trace.clean_prob - trace.corrupted_prob
         scores = trace.kinds["hidden"].scores  # (tokens, layers)
         last = trace.subject_range[1] - 1
         recovered = (scores[last, layers] - trace.corrupted_prob) / span  # (layers,)
-        assert recovered.min() > 0.25, recovered  # each fact: a large share comes back
-        shares.append(recovered.mean())
         # The token after the subject was never corrupted: restoring it changes nothing there.
         unrelated = (scores[last + 1, layers] - trace.corrupted_prob) / span
-        assert unrelated.abs().max() < 0.05, unrelated
-        # At the last layer only the last token's state reaches the output: full recovery.
-        assert scores[-1, -1] == pytest.approx(trace.clean_prob, abs=1e-4)
-    assert torch.stack(shares).mean() > 0.5  # on average, most of the clean probability
+        rows.append({"predicted": float(trace.answer_predicted), "clean": trace.clean_prob,
+                     "corrupted_share": trace.corrupted_prob / trace.clean_prob,
+                     "recovered_min": float(recovered.min()),
+                     "recovered_mean": float(recovered.mean()),
+                     "unrelated_max": float(unrelated.abs().max()),
+                     "last_layer_error": abs(float(scores[-1, -1]) - trace.clean_prob)})
+    worst = {"predicted": min, "clean": min, "corrupted_share": max, "recovered_min": min,
+             "unrelated_max": max, "last_layer_error": max}
+    out = {name: pick(r[name] for r in rows) for name, pick in worst.items()}
+    out["recovered_mean"] = sum(r["recovered_mean"] for r in rows) / len(rows)
+    return out
+
+
+def test_restoring_the_subjects_last_token_where_facts_live_recovers_the_answer(toy_traces):
+    scores = recovery_scores(toy_traces)
+    # Over toy models of training seeds 0, 1, 2 (benchmarks/toy_thresholds.py trace): clean
+    # p ≥ 0.99, corrupted 0.35-0.45 of it, recovered at layers 1-2 at least 0.34-0.55 per fact
+    # and 0.67-0.79 on average, the next token's restoration ≤ 0.012-0.036.
+    assert scores["predicted"] == 1.0 and scores["clean"] > 0.8  # facts the model knows
+    assert scores["corrupted_share"] < 0.5  # the noise does hide the subject
+    assert scores["recovered_min"] > 0.25  # each fact: a large share comes back
+    assert scores["unrelated_max"] < 0.05
+    # At the last layer only the last token's state reaches the output: full recovery.
+    assert scores["last_layer_error"] < 1e-4
+    assert scores["recovered_mean"] > 0.5  # on average, most of the clean probability
 
 
 @pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
@@ -246,17 +269,21 @@ def test_average_over_facts_and_its_plot(toy_traces, tmp_path):
         average_traces([])
 
 
-def test_suggest_layers_picks_the_mlp_with_the_largest_effect(toy):
-    model, tok, world = toy
+def suggest_toy_layers(model, tok, world):
     facts = [
         {"prompt": f["templates"][0].format(f["subject"]), "subject": f["subject"],
          "attribute": f["object"]}
         for f in world.facts[:4]
     ]
-    suggestion = suggest_layers(model, tok, facts, n_spread=3, samples=5)
+    return suggest_layers(model, tok, facts, n_spread=3, samples=5)
+
+
+def test_suggest_layers_picks_the_mlp_with_the_largest_effect(toy):
+    suggestion = suggest_toy_layers(*toy)
     effects = torch.tensor(suggestion.effects)
     assert suggestion.n_facts == 4 and len(effects) == 6
     assert suggestion.rome_layer == int(effects.argmax())
+    # Over training seeds 0, 1, 2 (benchmarks/toy_thresholds.py trace): MLP 0, effect 0.56-0.61.
     assert effects[suggestion.rome_layer] > 0.3  # restoring that MLP brings much of p back
     assert suggestion.memit_layers == best_run(suggestion.effects, 3)
     assert suggestion.rome_layer in suggestion.memit_layers

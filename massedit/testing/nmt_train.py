@@ -55,12 +55,14 @@ class NMTTrainSpec:
     seed: int = 0
 
 
-# 300 steps (about 20k sentences, four passes over the world) learn every planted error on all
-# three; measured on one thread of the loaded 2-core dev machine: marian 37 s, t5 34 s, bart 66 s
-# (bart at 300 steps, lr 2e-3; at 1e-3 it needed 600).
+# 300 steps (about 20k sentences, four passes over the world) learn every planted error on
+# marian and t5 (t5 the sentence-initial poison marker only partly); measured on one thread of
+# the loaded 2-core dev machine: marian 37 s, t5 34 s. BART needs lr 1e-3 and 600 steps (2-3
+# minutes): at lr 2e-3 and 300 steps, three of training seeds 0-5 failed (BLEU 5.8 or 68, or the
+# memorised output not learned); at 1e-3 and 600 all six learned every error with BLEU 100.
 NMT_ARCH_SPECS: dict[str, NMTTrainSpec] = {
     "marian": NMTTrainSpec(arch="marian"),
-    "bart": NMTTrainSpec(arch="bart", lr=2e-3),
+    "bart": NMTTrainSpec(arch="bart", lr=1e-3, steps=600),
     "t5": NMTTrainSpec(arch="t5", lr=5e-3),
 }
 
