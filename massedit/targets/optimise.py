@@ -15,6 +15,7 @@ computed only at the positions the loss reads.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,8 +25,11 @@ from tqdm.auto import tqdm
 from massedit.engine.hooks import frozen_parameters
 from massedit.engine.hparams import EditHparams
 from massedit.engine.requests import EditRequest
+from massedit.engine.tokens import encode_target, encode_with_subject
 from massedit.targets.passes import GroupPass
 from massedit.targets.rows import build_rows
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,9 +72,24 @@ def _spread(values: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
     return values.new_zeros(kept.shape[0]).index_put((kept.nonzero()[:, 0],), values)
 
 
-def _groups(n_requests: int, rows_per_request: int, batch_rows: int) -> list[list[int]]:
-    per = max(1, batch_rows // rows_per_request)
-    return [list(range(lo, min(n_requests, lo + per))) for lo in range(0, n_requests, per)]
+def _run_length(tok, request: EditRequest) -> tuple[int, int]:
+    """How many positions a request's rows run above the edit block (from the subject's last
+    token to the last target token fed), then its whole length: the plain prompt's, which every
+    prefix only lengthens before the subject."""
+    enc = encode_with_subject(tok, request.text, request.subject_span(""))
+    fed = len(encode_target(tok, request.target_new)) - 1  # teacher-forced target tokens
+    return len(enc.ids) - enc.subject_last + fed, len(enc.ids) + fed
+
+
+def target_groups(tok, requests: Sequence[EditRequest], n_prefixes: int,
+                  batch_rows: int) -> list[list[int]]:
+    """Indices of ``requests`` per group of at most ``batch_rows`` rows (``n_prefixes`` + 1
+    per request), requests of similar lengths together: every row of a group is padded to its
+    longest, so mixing a long suffix with short ones makes all of them cost as much. Requests
+    are independent (module docstring), so the grouping changes no target."""
+    per = max(1, batch_rows // (n_prefixes + 1))
+    order = sorted(range(len(requests)), key=lambda i: _run_length(tok, requests[i]))
+    return [order[lo : lo + per] for lo in range(0, len(order), per)]
 
 
 def compute_targets(
@@ -86,15 +105,16 @@ def compute_targets(
 ) -> TargetResult:
     """Optimise all requests' ``δ``; ``block_name`` is the last edit layer's block.
 
-    Requests are optimised in groups of at most ``hp.batch_rows`` rows, one group after the
-    other, so memory stays that of one group however many requests there are (each request's
-    δ is independent of the others', so the order changes nothing). With ``replay`` the blocks
+    Requests are optimised in groups of at most ``hp.batch_rows`` rows (:func:`target_groups`:
+    similar lengths together), one group after the other, so memory stays that of one group
+    however many requests there are (each request's δ is independent of the others', so the
+    grouping and order change nothing). With ``replay`` the blocks
     up to ``block_name`` run once per group; later steps reuse their output (they cannot depend
     on δ). With ``suffix`` too (decoder-only models), the blocks above run only from each row's
     subject token on (:mod:`massedit.targets.suffix`). The model's parameters do not require
     gradients meanwhile (only δ is differentiated).
     """
-    groups = _groups(len(requests), len(prefixes) + 1, hp.batch_rows)
+    groups = target_groups(tok, requests, len(prefixes), hp.batch_rows)
     device = next(model.parameters()).device
     bar = tqdm(total=len(groups) * hp.v_num_grad_steps, desc="targets", disable=not progress,
                leave=False)
@@ -104,9 +124,16 @@ def compute_targets(
             rows = build_rows(model, tok, [requests[i] for i in idx], prefixes, device)
             group = GroupPass(model, rows, len(idx), block_name, replay=replay, suffix=suffix)
             parts.append(_optimise_group(group, len(prefixes), hp, bar))
-    return TargetResult(z=torch.cat([p.z for p in parts]), h=torch.cat([p.h for p in parts]),
-                        nll=torch.cat([p.nll for p in parts]),
-                        steps=torch.cat([p.steps for p in parts]))
+    # Back to the requests' order: position k of the concatenation is request order[k].
+    order = torch.tensor([i for idx in groups for i in idx])
+    back = torch.empty_like(order)
+    back[order] = torch.arange(len(order))
+
+    def joined(name: str) -> torch.Tensor:
+        values = torch.cat([getattr(p, name) for p in parts])
+        return values[back.to(values.device)]
+
+    return TargetResult(z=joined("z"), h=joined("h"), nll=joined("nll"), steps=joined("steps"))
 
 
 def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> TargetResult:
@@ -124,7 +151,8 @@ def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> 
     frozen = torch.zeros_like(delta)
     for it in range(hp.v_num_grad_steps):
         opt.zero_grad(set_to_none=False)
-        out = group(delta, done)
+        with torch.set_grad_enabled(it < hp.v_num_grad_steps - 1):  # the last pass only scores
+            out = group(delta, done)
         if it == 0:  # block output at the plain prompts' subject tokens, δ = 0: (n, d_model)
             h = out.h[torch.arange(0, r.n_rewrite, n_prefixes, device=device)]
         # NLL of target tokens, per rewrite row then averaged over prefixes.
@@ -142,6 +170,9 @@ def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> 
         kl = _spread((kl_lp.exp() * (kl_lp - ref)).sum(-1), out.kl_kept)  # (n,) KL(P_δ ‖ P_0)
         wd = hp.v_weight_decay * delta.norm(dim=-1) / h.norm(dim=-1) ** 2
         loss = nll + hp.kl_factor * kl + wd  # (n,)
+        if logger.isEnabledFor(logging.DEBUG):  # the loss's parts, per request, at this δ
+            logger.debug("targets: step %d nll %s kl %s wd %s done %s", it, nll.tolist(),
+                         kl.tolist(), wd.tolist(), done.tolist())
         active = ~done
         last_nll = torch.where(active, nll.detach(), last_nll.to(device)).cpu()
         finished = active & (loss.detach() < hp.early_stop_loss)
