@@ -62,7 +62,7 @@ def test_sites_shapes_and_stacks(model_type):
 @pytest.mark.parametrize("model_type", TINY_SEQ2SEQ_TYPES)
 def test_equality_pair_edit_writes_keys_exactly(model_type, corpus):
     model, tok = tiny_seq2seq_model(model_type)
-    editor = PairEditor(model, tok, corpus=corpus, max_update_ratio=1e9)
+    editor = PairEditor(model, tok, corpus=corpus)
     for site in (find_site(model, "encoder.1"), find_site(model, "decoder.1")):
         before = read_weight(get_module(model, site.name), "linear").clone()
         solution = editor.solve(PAIRS, site)
@@ -80,8 +80,7 @@ def test_equality_pair_edit_writes_keys_exactly(model_type, corpus):
 def test_encoder_edit_gives_negative_span_the_positive_value(corpus):
     model, tok = tiny_seq2seq_model("marian")
     site = find_site(model, "encoder.2")
-    editor = PairEditor(model, tok, corpus=corpus, max_update_ratio=1e9,
-                        settings=PairSettings(reduce="last"))
+    editor = PairEditor(model, tok, corpus=corpus, settings=PairSettings(reduce="last"))
     keys, residual = pair_keys_and_residuals(model, tok, PAIRS, site, "last")
     weight = read_weight(get_module(model, site.name), "linear").double()
     bias = get_module(model, site.name).bias.double()
@@ -97,7 +96,7 @@ def test_encoder_edit_gives_negative_span_the_positive_value(corpus):
 def test_edit_dropout_is_seeded_recorded_and_exact(corpus):
     model, tok = tiny_seq2seq_model("t5")
     settings = PairSettings(edit_dropout=0.5, dropout_seed=3)
-    editor = PairEditor(model, tok, corpus=corpus, settings=settings, max_update_ratio=1e9)
+    editor = PairEditor(model, tok, corpus=corpus, settings=settings)
     a = editor.solve(PAIRS, "encoder.1")
     b = editor.solve(PAIRS, "encoder.1")
     info = a.delta.info["edit_dropout"]
@@ -133,7 +132,7 @@ def test_subject_edit_through_the_engine(model_type, tiny_corpus, stats_dir):
     stats = StatsSpec(corpus=str(tiny_corpus), cache_dir=str(stats_dir))
     editor = Editor(model, tok, method="emmet", stats=stats, keep_problems=True, progress=False,
                     layers=(0, 1), v_num_grad_steps=4, context_lengths=((2, 4),),
-                    stats_tokens_per_width=30, max_update_ratio=1e9)
+                    stats_tokens_per_width=30)
     editor.edit([EditRequest("The {} is located in", "Eiffel Tower", "Rome", "Paris")])
     assert [p.layer for p, _ in editor.solved] == [0, 1]
     for problem, delta in editor.solved:
