@@ -10,8 +10,8 @@ the spread; the comment next to each bar quotes it.
         [--out runs/toy_thresholds.json]
 
 Models are trained once per seed into ``$MASSEDIT_CACHE`` (bit-reproducible, one CPU thread:
-about 2 minutes for gpt2, 6 for the wide gpt2, 1 for llama and each NMT model); with all of them
-cached, all measurements of one seed take about 10 minutes on one thread.
+about 2 minutes for gpt2, 5 for the wide gpt2, 1 for llama, marian and t5, 3 for bart, more on a
+busy machine); with all of them cached, all measurements of one seed take about 10 minutes.
 """
 
 from __future__ import annotations
