@@ -65,6 +65,7 @@ def trajectories(model, tok, requests, prefixes, block, hp) -> list[dict]:
     log = logging.getLogger(optimise.__name__)
     log.addHandler(handler)
     log.setLevel(logging.DEBUG)
+    log.propagate = False  # collected here, not printed
     optimise.GroupPass = Recording
     out: list[dict | None] = [None] * len(requests)
     try:
@@ -80,6 +81,7 @@ def trajectories(model, tok, requests, prefixes, block, hp) -> list[dict]:
     finally:
         optimise.GroupPass = GroupPass
         log.removeHandler(handler)
+        log.propagate = True
     return out  # type: ignore[return-value]
 
 

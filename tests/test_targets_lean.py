@@ -88,3 +88,35 @@ def test_a_suffix_pass_leaves_the_plans_cache_as_it_was():
     assert all(layer.keys.shape[-2] == before[0][1].shape[-2] + 1 for layer in copy.layers)
     for layer, (same, values) in zip(cache.layers, before, strict=True):
         assert layer.keys is same and torch.equal(layer.keys, values)
+
+
+def test_suffix_passes_keep_grouped_keys_unrepeated_for_backward(monkeypatch):
+    """With grouped-query attention (here 4 query heads, 2 key/value heads) a differentiated
+    suffix pass keeps keys and values per key/value head, not repeated to every query head,
+    and its targets equal full rows' (where transformers repeats them)."""
+    import massedit.targets.passes as target_pass
+
+    model, tok = tiny_model("qwen2")
+    heads, kv_heads = model.config.num_attention_heads, model.config.num_key_value_heads
+    assert kv_heads < heads
+    widths: set[int] = set()
+    real = target_pass.suffix_hidden
+
+    def recording(model, plan):
+        rows, positions = plan.batch["attention_mask"].shape  # keys/values: prefix + suffix
+
+        def pack(t):
+            if t.dim() == 4 and t.shape[0] == rows and t.shape[2] == positions:
+                widths.add(t.shape[1])  # (rows, heads, positions, head_dim) saved keys/values
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            return real(model, plan)
+
+    monkeypatch.setattr(target_pass, "suffix_hidden", recording)
+    hp = EditHparams(layers=(2,), v_num_grad_steps=3, early_stop_loss=0.0)
+    fast = compute_targets(model, tok, REQUESTS, PREFIXES, "model.layers.2", hp, progress=False)
+    assert kv_heads in widths and heads not in widths
+    full = compute_targets(model, tok, REQUESTS, PREFIXES, "model.layers.2", hp, progress=False,
+                           suffix=False)
+    assert torch.allclose(fast.z, full.z, rtol=1e-5, atol=1e-6)

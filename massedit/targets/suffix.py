@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -145,12 +147,36 @@ def _fresh_cache(cache):
     return copy.deepcopy(cache)
 
 
+# transformers' SDPA attention repeats grouped keys/values to every query head (``repeat_kv``)
+# whenever a mask is given, except where this switch (read at each call) says otherwise.
+_GQA_SWITCH = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+@contextmanager
+def _grouped_attention(model) -> Iterator[None]:
+    """On CPU, let SDPA attend with the grouped keys/values themselves (``enable_gqa``; torch's
+    CPU kernel takes it with a mask, bit for bit the repeated result) instead of copies repeated
+    per query head, which a differentiated pass keeps for backward in every block above ``L``:
+    with 3 of SmolLM2's 9 heads per key that was the largest part of a step's memory. GPUs keep
+    transformers' choice (their masked kernels may not take grouped heads). A value the user set
+    is left alone; the first step's check against the full pass covers the result."""
+    if next(model.parameters()).device.type != "cpu" or _GQA_SWITCH in os.environ:
+        yield
+        return
+    os.environ[_GQA_SWITCH] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(_GQA_SWITCH, None)
+
+
 def suffix_hidden(model, plan: SuffixPlan) -> torch.Tensor:
     """Last hidden states of the suffix slots, (rows, S, d). The pass appends to a copy of the
     plan's cache."""
     base = model.base_model
     cache = {_cache_kwarg(base): _fresh_cache(plan.cache)}
-    out = base(**plan.batch, **cache, use_cache=True)
+    with _grouped_attention(model):
+        out = base(**plan.batch, **cache, use_cache=True)
     return out.last_hidden_state
 
 
