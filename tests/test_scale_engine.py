@@ -263,14 +263,14 @@ def test_a_target_on_disk_is_read_not_recomputed_by_another_editor(monkeypatch, 
     second = _editor(model2, tok2, tiny_corpus, stats_dir, "memit", layers=(1,),
                      target_store=TargetStore(tmp_path / "targets"))
     read = second._targets(reqs, second.prefixes(), block)
-    assert calls == [1, 1, 1]  # two groups of one (batch_rows 3, 3 rows each), then the new one
+    assert calls == [2, 1]  # one call over the missing ones, then the new one
     assert torch.equal(read.z[:2], made.z) and torch.equal(read.nll[:2], made.nll)
     assert len(second.target_cache) == 3  # the first level holds them now
     # Other target settings are other targets.
     other = _editor(model2, tok2, tiny_corpus, stats_dir, "memit", layers=(1,),
                     target_store=tmp_path / "targets", v_lr=0.1)
     other._targets(reqs[:1], other.prefixes(), block)
-    assert calls == [1, 1, 1, 1]
+    assert calls == [2, 1, 1]
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
@@ -297,3 +297,32 @@ def test_a_corrupt_target_file_is_reported_and_recomputed(damage, monkeypatch, t
     assert "recomputing" in caplog.text and str(path) in caplog.text
     assert torch.equal(again.z, good.z)
     assert TargetStore(tmp_path).get(path.stem) is not None  # and stored intact again
+
+
+def test_an_interrupted_target_pass_keeps_the_groups_it_finished(monkeypatch, tmp_path,
+                                                                tiny_corpus, stats_dir):
+    """Groups are stored as they finish: a failure in the second group leaves the first on
+    disk, and the next editor computes only what is missing."""
+    real = editor_module.compute_targets
+
+    def failing_after_one_group(model, tok, requests, *args, on_group_done, **kwargs):
+        def keep_then_fail(idx, part):
+            on_group_done(idx, part)
+            raise RuntimeError("stopped")
+
+        return real(model, tok, requests, *args, on_group_done=keep_then_fail, **kwargs)
+
+    monkeypatch.setattr(editor_module, "compute_targets", failing_after_one_group)
+    reqs = many_requests(3)
+    model, tok = tiny_model("gpt2")
+    editor = _editor(model, tok, tiny_corpus, stats_dir, "memit", layers=(1,),
+                     target_store=tmp_path / "targets")
+    with pytest.raises(RuntimeError, match="stopped"):
+        editor._targets(reqs, editor.prefixes(), "transformer.h.1")
+    assert len(list((tmp_path / "targets").rglob("*.safetensors"))) == 1
+    monkeypatch.setattr(editor_module, "compute_targets", real)
+    calls = _counted_targets(monkeypatch)
+    fresh = _editor(*tiny_model("gpt2"), tiny_corpus, stats_dir, "memit", layers=(1,),
+                    target_store=tmp_path / "targets")
+    fresh._targets(reqs, fresh.prefixes(), "transformer.h.1")
+    assert calls == [2]

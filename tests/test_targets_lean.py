@@ -48,6 +48,22 @@ def test_grouped_targets_come_back_in_request_order():
         assert torch.allclose(grouped.h[i], alone.h[0], rtol=1e-5, atol=1e-6)
 
 
+def test_each_group_is_reported_as_soon_as_it_is_done():
+    """``on_group_done`` hands over every group's requests (indices into the call's list) with
+    their targets, which are the ones the call returns for them."""
+    model, tok = tiny_model("llama")
+    hp = EditHparams(layers=(2,), v_num_grad_steps=3, early_stop_loss=0.0,
+                     batch_rows=2 * (len(PREFIXES) + 1))
+    reported: list[tuple[list[int], torch.Tensor]] = []
+    result = compute_targets(model, tok, REQUESTS, PREFIXES, "model.layers.2", hp,
+                             progress=False,
+                             on_group_done=lambda idx, part: reported.append((idx, part.z)))
+    assert [idx for idx, _ in reported] == target_groups(tok, REQUESTS, len(PREFIXES),
+                                                         hp.batch_rows)
+    for idx, z in reported:
+        assert torch.equal(z, result.z[idx])
+
+
 def test_full_rows_are_never_differentiated_on_the_suffix_path(monkeypatch):
     """The first (full-row) pass is a plain forward pass; every pass that builds a graph runs
     suffix rows only, so no full row's activations are kept for backward."""

@@ -359,19 +359,25 @@ class Editor:
         bar = self._bar
         if bar is not None:
             bar.update(len(reqs) - len(missing))
-        per_group = max(1, hp.batch_rows // (len(prefixes) + 1))  # compute_targets' group
-        for lo in range(0, len(missing), per_group):
-            part = missing[lo : lo + per_group]
-            t0 = time.perf_counter()
-            result = compute_targets(self.model, self.tok, [reqs[i] for i in part], prefixes,
-                                     last_block, hp, progress=False)
-            share = (time.perf_counter() - t0) / len(part)
-            for i, item in zip(part, result.split(share), strict=True):
+        # One call over every missing request, so that groups are formed from all of them (by
+        # suffix length); each group is kept (memory and disk) as soon as it is done.
+        clock = [time.perf_counter()]
+
+        def keep(idx: list[int], part: TargetResult) -> None:
+            now = time.perf_counter()
+            share = (now - clock[0]) / len(idx)
+            clock[0] = now
+            for j, item in zip(idx, part.split(share), strict=True):
+                i = missing[j]
                 self.target_cache[keys[i]] = item
                 if self.target_store is not None:
                     self.target_store.put(stored[i], item)
             if bar is not None:
-                bar.update(len(part))
+                bar.update(len(idx))
+
+        if missing:
+            compute_targets(self.model, self.tok, [reqs[i] for i in missing], prefixes,
+                            last_block, hp, progress=False, on_group_done=keep)
         return TargetResult.stack([self.target_cache[key] for key in keys])
 
     def _store_key(self, key: tuple) -> str:

@@ -103,6 +103,9 @@ def least_squares_factors(
     return residual.to(torch.float64), v
 
 
+_SINGULAR_PIVOT = 1e-10  # relative pivot below which the EMMET Gram counts as singular
+
+
 def equality_factors(
     residual: torch.Tensor, keys: torch.Tensor, moment_factor: torch.Tensor, mu: float,
     chunk: int | None = None,
@@ -127,7 +130,11 @@ def equality_factors(
     gram = 0.5 * (gram + gram.T)
     gram.diagonal().add_(mu)
     factor, info = torch.linalg.cholesky_ex(gram)
-    if int(info) != 0:
+    # Keys come from fp32 passes: two copies of one key differ by rounding, so an exactly
+    # singular Gram can factor with a pivot at rounding level. A pivot below 1e-10 of the
+    # largest diagonal (condition ~1e10) is treated as singular too.
+    pivots = factor.diagonal().square()  # (n,) Schur complements of the Gram
+    if int(info) != 0 or bool(pivots.min() <= _SINGULAR_PIVOT * gram.diagonal().max()):
         raise SingularProblemError(
             f"the {n} keys' Gram matrix Kᵀ C⁻¹ K + μI (μ = {mu:g}) is singular: "
             + (f"{n} equality constraints cannot all hold at a site of input width {d_in}"

@@ -16,7 +16,7 @@ computed only at the positions the loss reads.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +102,7 @@ def compute_targets(
     progress: bool = True,
     replay: bool = True,
     suffix: bool = True,
+    on_group_done: Callable[[list[int], TargetResult], None] | None = None,
 ) -> TargetResult:
     """Optimise all requests' ``δ``; ``block_name`` is the last edit layer's block.
 
@@ -112,7 +113,10 @@ def compute_targets(
     up to ``block_name`` run once per group; later steps reuse their output (they cannot depend
     on δ). With ``suffix`` too (decoder-only models), the blocks above run only from each row's
     subject token on (:mod:`massedit.targets.suffix`). The model's parameters do not require
-    gradients meanwhile (only δ is differentiated).
+    gradients meanwhile (only δ is differentiated). ``on_group_done(indices, result)`` is called
+    after each group with the indices (into ``requests``) it held and their targets, in that
+    order: a caller can keep them at once (an interruption then loses one group's work) and still
+    pass every request in one call, so that groups are formed from all of them.
     """
     groups = target_groups(tok, requests, len(prefixes), hp.batch_rows)
     device = next(model.parameters()).device
@@ -124,6 +128,8 @@ def compute_targets(
             rows = build_rows(model, tok, [requests[i] for i in idx], prefixes, device)
             group = GroupPass(model, rows, len(idx), block_name, replay=replay, suffix=suffix)
             parts.append(_optimise_group(group, len(prefixes), hp, bar))
+            if on_group_done is not None:
+                on_group_done(list(idx), parts[-1])
     # Back to the requests' order: position k of the concatenation is request order[k].
     order = torch.tensor([i for idx in groups for i in idx])
     back = torch.empty_like(order)
