@@ -20,6 +20,8 @@ from torch import Tensor
 
 from massedit.engine.hparams import EditHparams
 from massedit.engine.problem import BatchPlan, Delta, LayerProblem, SecondMoment
+from massedit.engine.requests import EditRequest
+from massedit.engine.whole import WholeEditContext
 
 
 @runtime_checkable
@@ -53,11 +55,21 @@ class Distribution(Protocol):
 
 
 class WholeEditor(Protocol):
-    """A method that is not an objective × distribution: it edits ``model`` in place and
-    returns the patch that reverts it."""
+    """A method that is not an objective × distribution (fine-tuning, knowledge neurons...).
 
-    def __call__(self, model: Any, tok: Any, requests: Sequence[Any],
-                 hparams: EditHparams) -> Any: ...
+    Called once per batch with the batch's validated requests (``EditRequest``), the method's
+    hyper-parameters (its ``MethodSpec.hparams`` class, preset and overrides applied) and a
+    :class:`WholeEditContext`. It writes every update through ``context.write(layer, delta)``
+    (guarded, recorded in the patch, revertible bit for bit) and must otherwise leave the model
+    as it found it (it may change weights while it works if it restores them). Returns nothing.
+
+    Optional attributes: ``uses_statistics = True`` (``context.moments()`` then gives the key
+    second moments of the edit layers; otherwise no statistics are computed for it) and
+    ``check_model(model) -> str | None`` (a reason it cannot edit this model, given before any
+    work; the Editor names the method and the model type). See docs/plugins.md."""
+
+    def __call__(self, model: Any, tok: Any, requests: Sequence[EditRequest],
+                 hparams: EditHparams, context: WholeEditContext) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -79,5 +91,5 @@ class MethodSpec:
     presets: str | None = None
 
 
-__all__ = ["BatchPlan", "Delta", "Distribution", "EditHparams", "LayerProblem", "MethodSpec",
-           "Objective", "SecondMoment", "WholeEditor"]
+__all__ = ["BatchPlan", "Delta", "Distribution", "EditHparams", "EditRequest", "LayerProblem",
+           "MethodSpec", "Objective", "SecondMoment", "WholeEditContext", "WholeEditor"]

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from massedit.data.corpus import iter_texts
 from massedit.editing.registry import get_distribution, get_method, get_objective, method_preset
+from massedit.editing.whole import WholeMethod
 from massedit.engine.context import corpus_prefixes, model_prefixes
 from massedit.engine.hparams import EditHparams
 from massedit.engine.identity import record_write, site_parameter, tensor_identity, weights_identity
@@ -76,12 +77,20 @@ class Editor:
         self.adapter = get_adapter(model)
         spec = get_method(method)
         self.method = method
-        self.objective_name = objective or spec.objective
-        self.distribution_name = distribution or spec.distribution
-        self.objective = get_objective(self.objective_name)
-        self.distribution = get_distribution(self.distribution_name)
+        # A whole-editor method runs its own algorithm per batch (editing/whole.py).
+        self.whole = None if spec.editor is None else WholeMethod(
+            spec, model, objective=objective, distribution=distribution)
+        if self.whole is None:
+            self.objective_name = objective or spec.objective
+            self.distribution_name = distribution or spec.distribution
+            self.objective = get_objective(self.objective_name)
+            self.distribution = get_distribution(self.distribution_name)
+        else:
+            self.objective_name = self.distribution_name = self.objective = None
+            self.distribution = self.whole  # its layers() are the preset's
         if hparams is None:
-            preset = method_preset(method, model, spread=self.distribution_name != "single")
+            spread = self.distribution_name not in ("single", None)
+            preset = method_preset(method, model, spread=spread)
             hparams, self.preset_source = preset.hparams, preset.source
         else:
             self.preset_source = "explicit"
@@ -132,29 +141,38 @@ class Editor:
         return per_width * d_in
 
     def moments(self) -> dict:
+        if self.whole is not None and not self.whole.uses_statistics:
+            return self._moments  # empty: nothing reads them
         missing = [layer for layer in self.layers if layer not in self._moments]
         if missing:
+            spec = self._resolved_stats_spec()
+            found, record = get_moments(self.model, self.tok, missing, spec,
+                                        self.stats_tokens(spec.corpus), self.progress)
+            self._moments.update(found)
+            self._stats_record = record
+        return self._moments
+
+    def _resolved_stats_spec(self) -> StatsSpec:
+        """The statistics spec with its corpus resolved (the default corpus when none given)."""
+        if not self.stats_spec.corpus:
             from massedit.stats.moments import resolve_corpus
 
             corpus = resolve_corpus(self.stats_spec, self.model, self.tok)
-            spec = StatsSpec(**{**self.stats_spec.__dict__, "corpus": corpus})
-            found, record = get_moments(self.model, self.tok, missing, spec,
-                                        self.stats_tokens(corpus), self.progress)
-            self._moments.update(found)
-            self._stats_record = record
-            self.stats_spec = spec
-        return self._moments
+            self.stats_spec = StatsSpec(**{**self.stats_spec.__dict__, "corpus": corpus})
+        return self.stats_spec
 
     def prefixes(self) -> list[str]:
         """Context prefixes, drawn once per editor with the preset's seed and saved in patches."""
         if self._prefixes is None:
             hp = self.hparams
-            if hp.context_source == "model":
+            if not hp.context_lengths:  # the plain prompt only: no text to read
+                self._prefixes = [""]
+            elif hp.context_source == "model":
                 self._prefixes = model_prefixes(self.model, self.tok, hp.context_lengths, hp.seed)
             else:
-                self.moments()  # resolves the corpus
+                corpus = self._resolved_stats_spec().corpus
                 texts = []
-                for text in iter_texts(self.stats_spec.corpus, self.model, self.tok, hp.seed):
+                for text in iter_texts(corpus, self.model, self.tok, hp.seed):
                     texts.append(text)
                     if sum(len(t) for t in texts) > 50_000:
                         break
@@ -272,6 +290,8 @@ class Editor:
         }
 
     def _edit_batch(self, reqs: list[EditRequest], patch: EditPatch) -> None:
+        if self.whole is not None:
+            return self.whole.edit_batch(self, reqs, patch)
         hp, adapter, layers = self.hparams, self.adapter, self.layers
         moments = self.moments()
         prefixes = self.prefixes()

@@ -66,18 +66,21 @@ def default_layers(method_spread: bool, depth: int) -> tuple[int, ...]:
     return tuple(range(first, last + 1))
 
 
-def load_preset(method: str, model, *, spread: bool) -> Preset:
-    """The method's hyper-parameters for this model (falls back to defaults with a warning)."""
+def load_preset(method: str, model, *, spread: bool,
+                hparams_class: type[EditHparams] = EditHparams) -> Preset:
+    """The method's hyper-parameters for this model (falls back to defaults with a warning), in
+    ``hparams_class`` (a built-in method with fields of its own, e.g. fine-tuning's)."""
     name = preset_model_name(model)
     root = resources.files("massedit") / "presets" / method
     if name is not None and (root / f"{name}.yaml").is_file():
         data = yaml.safe_load((root / f"{name}.yaml").read_text()) or {}
-        return Preset(method, name, EditHparams().replace(**data), source=f"{method}/{name}.yaml")
+        return Preset(method, name, hparams_class().replace(**data),
+                      source=f"{method}/{name}.yaml")
     depth = get_adapter(model).depth(model.config)
     data = {}
     if (root / "default.yaml").is_file():
         data = yaml.safe_load((root / "default.yaml").read_text()) or {}
-    hp = EditHparams().replace(**data)
+    hp = hparams_class().replace(**data)
     if not hp.layers:
         hp = hp.replace(layers=default_layers(spread, depth))
     logger.warning(

@@ -286,8 +286,7 @@ def method_preset(method: str, model, *, spread: bool) -> Preset:
     depth-based default layers."""
     spec = get_method(method)
     if spec.presets is None:
-        preset = load_preset(method, model, spread=spread)
-        return _as_class(preset, spec.hparams, preset.source)
+        return load_preset(method, model, spread=spread, hparams_class=spec.hparams)
     root = resources.files(spec.presets)
     name = preset_model_name(model)
     if name is not None and (root / f"{name}.yaml").is_file():
