@@ -1,11 +1,17 @@
-"""The built-in methods, each an (objective, distribution) composition (docs/design.md §4).
+"""The built-in methods (docs/design.md §4): closed-form (objective, distribution)
+compositions, and the fine-tuning baselines as whole editors.
 
 The registry registers them on its first lookup."""
 
+from massedit.baselines.finetune import ConstrainedFineTuneHparams, FineTuneHparams, fine_tune
 from massedit.contracts import MethodSpec
 
 BUILTIN_METHODS = (
     MethodSpec("rome", "equality", "single", description="ROME: rank-one, one layer"),
     MethodSpec("memit", "least_squares", "spread", description="MEMIT: mass editing"),
     MethodSpec("emmet", "equality", "spread", description="EMMET: batched equality"),
+    MethodSpec("ft", editor=fine_tune, hparams=FineTuneHparams,
+               description="FT: fine-tune one MLP output weight (Adam, early stopping)"),
+    MethodSpec("ft-l", editor=fine_tune, hparams=ConstrainedFineTuneHparams,
+               description="FT-L: FT with every weight change in an L-infinity ball"),
 )
