@@ -244,7 +244,7 @@ class Editor:
         prior_moments = dict(self._prior_moments)
         # One bar over every target of the call (sequential batches compute theirs in turn).
         self._bar = tqdm(total=len(reqs), desc="targets", unit="target", leave=False,
-                         disable=not self.progress)
+                         disable=not self.progress or self.whole is not None)
         try:
             for b, lo in enumerate(range(0, len(reqs), batch_size)):
                 self._edit_batch(reqs[lo : lo + batch_size], patch)
