@@ -111,12 +111,15 @@ def child(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     from massedit import Editor, StatsSpec, load_model
-    from massedit.evals.readers import load_eval_dataset, shared_data_dir
+    from massedit.data.locations import default_data_root, require_mirror_file
+    from massedit.evals.readers import load_eval_dataset
+
+    default_data_root(ROOT)  # unless $MASSEDIT_DATA is set
 
     stages["imports"] = rss.take()
     model, tok = load_model(spec["model"])
     stages["load"] = rss.take()
-    corpus = str(shared_data_dir() / "wikitext-2" / "valid.txt")
+    corpus = str(require_mirror_file("wikitext-2/valid.txt"))
     editor = Editor(model, tok, method="memit", progress=False, stats=StatsSpec(corpus=corpus),
                     **overrides)
     editor.moments()

@@ -136,3 +136,21 @@ def test_suffix_passes_keep_grouped_keys_unrepeated_for_backward(monkeypatch):
     full = compute_targets(model, tok, REQUESTS, PREFIXES, "model.layers.2", hp, progress=False,
                            suffix=False)
     assert torch.allclose(fast.z, full.z, rtol=1e-5, atol=1e-6)
+
+
+def test_target_rows_sets_the_group_size_and_changes_no_target():
+    """``target_rows`` bounds the rows of a target group (its memory) apart from the forward
+    batches of keys (``batch_rows``); the targets are those of any other grouping."""
+    model, tok = tiny_model("llama")
+    per_fact = len(PREFIXES) + 1
+    hp = EditHparams(layers=(2,), v_num_grad_steps=3, early_stop_loss=0.0, batch_rows=64)
+    sizes: list[int] = []
+    wide = compute_targets(model, tok, REQUESTS, PREFIXES, "model.layers.2", hp, progress=False,
+                           on_group_done=lambda idx, part: sizes.append(len(idx)))
+    assert sizes == [len(REQUESTS)]
+    sizes.clear()
+    narrow = compute_targets(model, tok, REQUESTS, PREFIXES, "model.layers.2",
+                             hp.replace(target_rows=per_fact), progress=False,
+                             on_group_done=lambda idx, part: sizes.append(len(idx)))
+    assert sizes == [1] * len(REQUESTS)
+    assert torch.allclose(narrow.z, wide.z, rtol=1e-5, atol=1e-6)

@@ -40,6 +40,9 @@ class EditHparams:
     max_update_ratio: float = 10.0
     # Rows per forward pass in keys/targets.
     batch_rows: int = 64
+    # Rows per target group (each group's graph is live during its steps, so this bounds the
+    # targets' memory); None: batch_rows. Never changes a target (docs/scale.md, phase 2).
+    target_rows: int | None = None
 
     def replace(self, **overrides: Any) -> EditHparams:
         known = {f.name for f in dataclasses.fields(self)}
