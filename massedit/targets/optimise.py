@@ -106,17 +106,17 @@ def compute_targets(
 ) -> TargetResult:
     """Optimise all requests' ``δ``; ``block_name`` is the last edit layer's block.
 
-    Requests are optimised in groups of at most ``hp.target_rows`` (else ``hp.batch_rows``)
-    rows (:func:`target_groups`: similar lengths together), one group after the other, so
-    memory stays that of one group however many requests there are (each request's δ is
-    independent of the others', so the grouping and order change nothing). With ``replay``
-    the blocks up to ``block_name`` run once per group; later steps reuse their output (they
-    cannot depend on δ). With ``suffix`` too (decoder-only models), the blocks above run only from each row's
-    subject token on (:mod:`massedit.targets.suffix`). The model's parameters do not require
-    gradients meanwhile (only δ is differentiated). ``on_group_done(indices, result)`` is called
-    after each group with the indices (into ``requests``) it held and their targets, in that
-    order: a caller can keep them at once (an interruption then loses one group's work) and still
-    pass every request in one call, so that groups are formed from all of them.
+    Requests are optimised in groups of at most ``hp.target_rows`` (else ``hp.batch_rows``) rows
+    (:func:`target_groups`: similar lengths together), one group after the other, so memory stays
+    that of one group however many requests there are (each request's δ is independent of the
+    others', so the grouping and order change nothing). With ``replay`` the blocks up to
+    ``block_name`` run once per group; later steps reuse their output (they cannot depend on δ).
+    With ``suffix`` too (decoder-only models), the blocks above run only from each row's subject
+    token on (:mod:`massedit.targets.suffix`). The model's parameters do not require gradients
+    meanwhile (only δ is differentiated). ``on_group_done(indices, result)`` is called after each
+    group with the indices (into ``requests``) it held and their targets, in that order: a caller
+    can keep them at once (an interruption then loses one group's work) and still pass every
+    request in one call, so that groups are formed from all of them.
     """
     groups = target_groups(tok, requests, len(prefixes), hp.target_rows or hp.batch_rows)
     device = next(model.parameters()).device
