@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -81,7 +82,8 @@ def run_targets(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     seconds = [float(t.seconds) for t in editor.target_cache.values()]
     (out / f"targets-{args.start}-{args.n}.json").write_text(json.dumps({
-        "n": len(requests), "seconds_per_target": sum(seconds) / max(1, len(seconds)),
+        "start": args.start, "n": args.n, "seconds_per_target": sum(seconds) / max(1, len(seconds)),
+        "median_seconds_per_target": statistics.median(seconds) if seconds else None,
         "wall_seconds_this_call": time.perf_counter() - t0, "threads": torch.get_num_threads(),
     }, indent=1))
 
@@ -149,6 +151,136 @@ def run_stream_benchmark(args) -> None:
     run_stream_study(opts)
 
 
+FRONTIER_COLUMNS = ("efficacy_success", "paraphrase_success", "neighborhood_success", "score",
+                    "seconds_targets_per_fact", "seconds_edit_per_fact", "peak_rss_gb")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if isinstance(value, float) and abs(value) < 10 else (
+        f"{value:.1f}" if isinstance(value, float) else str(value))
+
+
+def frontier_rows(out: Path) -> list[dict]:
+    rows = [json.loads(p.read_text()) for p in sorted((out / "single").glob("*.json"))]
+    return sorted(rows, key=lambda r: (r["method"], r["size"]))
+
+
+def largest_passing(rows: list[dict], bar: float = 80.0) -> dict[str, int | None]:
+    """Per method, the largest batch size whose Score is at least ``bar`` with every smaller
+    measured size passing too (the frontier, not an isolated lucky size)."""
+    best: dict[str, int | None] = {}
+    for method in sorted({r["method"] for r in rows}):
+        best[method] = None
+        for r in sorted((r for r in rows if r["method"] == method), key=lambda r: r["size"]):
+            if r.get("status") != "finished" or r.get("score", 0.0) < bar:
+                break
+            best[method] = r["size"]
+    return best
+
+
+def retention_falls(points: list[dict], bar: float = 80.0) -> int | None:
+    """Facts written at the first point whose retention (efficacy success over the facts
+    written so far) is below ``bar``; None while it holds."""
+    for p in sorted(points, key=lambda p: p["facts_written"]):
+        if p["facts_written"] and p.get("efficacy_success") is not None \
+                and p["efficacy_success"] < bar:
+            return p["facts_written"]
+    return None
+
+
+def plot_frontier(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("score", "Score (ES/PS/NS harmonic mean)"), ("peak_rss_gb", "Peak RSS (GB)"),
+              ("seconds_edit_per_fact", "Edit seconds per fact (targets read from disk)"))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, (metric, title) in zip(axes, panels, strict=True):
+        for i, method in enumerate(sorted({r["method"] for r in rows})):
+            xy = [(r["size"], r[metric]) for r in rows
+                  if r["method"] == method and r.get(metric) is not None]
+            if xy:
+                xs, ys = zip(*sorted(xy), strict=True)
+                ax.plot(xs, ys, marker="o", color=f"C{i}", label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("facts in one batch")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    axes[0].axhline(80, color="grey", linestyle=":")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_report(args) -> None:
+    """The study's page: frontier table and plot, stream table and curves, the two answers."""
+    from massedit.evals.stream_report import markdown_table, plot_stream
+
+    out, dest = Path(args.out), Path(args.report)
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = frontier_rows(out)
+    lines = ["| method | facts | measured | status | " + " | ".join(FRONTIER_COLUMNS) + " |",
+             "|---|---:|---:|---|" + "---:|" * len(FRONTIER_COLUMNS)]
+    for r in rows:
+        status = r.get("status") if r.get("status") == "finished" else r.get("error", "")[:80]
+        lines.append(f"| {r['method']} | {r['size']} | {r.get('n_measured', '–')} | {status} | "
+                     + " | ".join(_cell(r.get(c)) for c in FRONTIER_COLUMNS) + " |")
+    if rows:
+        plot_frontier(rows, dest / "frontier.png")
+    streams = {p.parent.name: json.loads(p.read_text())
+               for p in sorted((out / "stream").glob("*/points.json"))}
+    if streams:
+        plot_stream(streams, dest / "stream.png")
+    targets = [json.loads(p.read_text()) for p in sorted(out.glob("targets-*.json"))]
+    answers = ["- largest single batch with Score ≥ 80 (every smaller size too): "
+               + ", ".join(f"{m} {v if v is not None else 'none measured'}"
+                           for m, v in largest_passing(rows).items())]
+    for method, points in streams.items():
+        falls = retention_falls(points)
+        reached = max(p["facts_written"] for p in points)
+        answers.append(f"- {method} stream: retention (ES over facts written) "
+                       + (f"falls below 80 at {falls} facts" if falls is not None
+                          else f"stays ≥ 80 up to {reached} facts written (as far as run)"))
+    text = "\n".join([
+        "# SmolLM2-135M at scale: the frontier of single batches and sequential streams", "",
+        "Generated by `python benchmarks/scale.py report` from the results in "
+        f"`{out.name}/` (raw JSON copied to `results/`).", "",
+        "## Answers", "", *answers, "",
+        "## Single batches", "",
+        "Facts are the first N records of `counterfact_train_easyedit.json`; batches larger "
+        f"than {args.measure} are measured on a fixed random sample of {args.measure} of "
+        "their facts (`measured`). Targets were computed once per fact and read from the "
+        "disk store by every size and method: `seconds_targets_per_fact` is their cost "
+        "when computed, `seconds_edit_per_fact` the edit (keys, solves) with targets read. "
+        "Peak RSS is the editing process's (model, statistics, evaluation included).", "",
+        *lines, "", "![frontier](frontier.png)" if rows else "", "",
+        "## Sequential stream", "",
+        f"Facts written in batches of {args.batch_size}, each on the model the previous left "
+        "(targets recomputed on it); retention is measured on the facts of a fixed sample of "
+        f"{args.measure} that were written so far (`n_measured`).", "",
+        markdown_table(streams) if streams else "(not run)", "",
+        "![stream](stream.png)" if streams else "", "",
+        "## Targets", "",
+        *[f"- facts {t.get('start', 0)}..{t['n']}: {t['seconds_per_target']:.2f} s per target "
+          f"(median {t.get('median_seconds_per_target') or 0:.2f}; {t['threads']} thread(s) a "
+          "process, on a machine shared with other work)" for t in targets], "",
+    ])
+    (dest / "README.md").write_text(text + "\n")
+    results = dest / "results"
+    results.mkdir(exist_ok=True)
+    for p in [*(out / "single").glob("*.json"), *out.glob("targets-*.json")]:
+        (results / p.name).write_text(p.read_text())
+    for method in streams:
+        (results / f"stream-{method}.json").write_text(
+            (out / "stream" / method / "points.json").read_text())
+    logger.info("report in %s", dest)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,12 +305,15 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--every", type=int, default=2)
     p.add_argument("--methods", default="memit,alphaedit")
+    p = sub.add_parser("report", parents=[common])
+    p.add_argument("--report", default=str(ROOT / "docs" / "studies" / "smollm2-scale"))
+    p.add_argument("--batch-size", type=int, default=100)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     default_data_root(ROOT)  # unless $MASSEDIT_DATA is set
     {"targets": run_targets, "single": run_single, "one": run_one,
-     "stream": run_stream_benchmark}[args.command](args)
+     "stream": run_stream_benchmark, "report": run_report}[args.command](args)
 
 
 if __name__ == "__main__":
