@@ -99,6 +99,31 @@ class EditPatch:
         meta = {**self.metadata, "merged": [self.metadata, other.metadata]}
         return EditPatch(self.deltas + other.deltas, originals, digests, meta)
 
+    # ---- other formats (massedit.export, docs/design.md §13) --------------------------------
+    def to_peft(self, model_or_config, out: str | os.PathLike, *, allow_large: bool = False,
+                card=None):
+        """Write this patch as a PEFT LoRA adapter folder that ``PeftModel.from_pretrained``
+        loads; see :func:`massedit.export.export_peft`. Returns a ``PeftExport``."""
+        from massedit.export.peft_adapter import export_peft
+
+        return export_peft(self, model_or_config, out, allow_large=allow_large, card=card)
+
+    def push_to_hub(self, repo_id: str, *, private: bool = True, token: str | None = None,
+                    card=None) -> str:
+        """Upload the saved patch with a model card to the hub model repository ``repo_id``
+        (private by default); returns its URL."""
+        import tempfile
+
+        from massedit.export.card import CardInfo, write_card
+        from massedit.hub import push_folder
+
+        with tempfile.TemporaryDirectory(prefix="massedit-patch-") as tmp:
+            folder = self.save(Path(tmp) / "patch")
+            info = card or CardInfo.from_patch(self.metadata, sites=self.sites, kind="patch")
+            write_card(folder, info)
+            return push_folder(folder, repo_id, private=private, token=token,
+                               commit_message="massedit edit patch")
+
     # ---- files -----------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike, *, include_originals: bool = True) -> Path:
         """Write ``patch.json``, ``deltas.safetensors`` and ``originals.safetensors`` atomically."""
