@@ -30,6 +30,15 @@ DeviceMapOpt = Annotated[str | None, typer.Option(
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", metavar="KEY=VALUE",
     help="Hyper-parameter override (repeatable), e.g. layers=[4,5].")]
+# Model cards and the hub (docs/design.md §13).
+CardFactsOpt = Annotated[bool, typer.Option(
+    "--card-facts", help="Put the facts' text in the model card (left out by default: edit "
+    "files can be private).")]
+PushOpt = Annotated[str | None, typer.Option(
+    "--push-to-hub", metavar="USER/NAME", help="Upload the result to this hub repository "
+    "(private unless --public).")]
+PublicOpt = Annotated[bool, typer.Option(
+    "--public", help="With --push-to-hub: make a new repository public.")]
 
 
 def console(stderr: bool = False):

@@ -9,9 +9,12 @@ from typing import Annotated
 import typer
 
 from massedit.cli.common import (
+    CardFactsOpt,
     DeviceMapOpt,
     DtypeOpt,
     ModelOpt,
+    PublicOpt,
+    PushOpt,
     SetOpt,
     app,
     console,
@@ -61,6 +64,12 @@ def edit(
     max_batches: Annotated[int | None, typer.Option(
         min=1, help="Stop after N batches this time; the same command continues later.")] = None,
     split: Annotated[str, typer.Option(help="Split of a datasets input.")] = "train",
+    card_facts: CardFactsOpt = False,
+    push_to_hub: Annotated[str | None, typer.Option(
+        "--push-to-hub", metavar="USER/NAME", help="Upload the edited model (--save-model) or "
+        "else the patch, with a model card, to this hub repository (private unless "
+        "--public).")] = None,
+    public: PublicOpt = False,
 ) -> None:
     """Write the facts of an edit file into a model; report before/after in RUN_DIR."""
     from massedit.jobs.edit import EditOptions, run_edit
@@ -85,7 +94,7 @@ def edit(
             stats_corpus=stats_corpus, stats_tokens=stats_tokens,
             overrides=key_values(set_, "--set"), mapping=parse_mapping(map_ or []),
             dry_run=dry_run, device_map=device_map, dtype=dtype, max_batches=max_batches,
-            split=split,
+            split=split, card_facts=card_facts, push_to_hub=push_to_hub, private=not public,
         )
         outcome = run_edit(opts, console())
     raise typer.Exit(outcome.exit_code)
@@ -98,13 +107,19 @@ def apply(
     model: ModelOpt = DEFAULT_MODEL,
     dtype: DtypeOpt = "float32",
     device_map: DeviceMapOpt = None,
+    card_facts: CardFactsOpt = False,
+    push_to_hub: PushOpt = None,
+    public: PublicOpt = False,
 ) -> None:
-    """Write a patch into its base model and save the result with save_pretrained."""
+    """Write a patch into its base model and save the result (and its model card) with
+    save_pretrained."""
     from massedit.jobs.patches import apply_patch
 
     with reported():
-        path = apply_patch(run_dir, model, out, dtype=dtype, device_map=device_map)
-    console().print(f"edited model saved to {path}")
+        path = apply_patch(run_dir, model, out, dtype=dtype, device_map=device_map,
+                           card_facts=card_facts, push_to_hub=push_to_hub, private=not public)
+    console().print(f"edited model saved to {path}"
+                    + (f" and pushed to {push_to_hub}" if push_to_hub else ""))
 
 
 @app.command()

@@ -81,12 +81,14 @@ def _stats_line(stats: Mapping[str, Any] | None) -> str:
 
 
 def _summary_table(summary: Mapping[str, Mapping[str, float | None]]) -> list[str]:
-    def fmt(v):
-        return "-" if v is None else f"{v:.3f}" if abs(v) <= 1 else f"{v:.1f}"
+    def fmt(v, percent: bool):
+        return "-" if v is None else f"{v:.1f}" if percent else f"{v:.3f}"
 
     rows = ["| metric | before | after |", "|---|---|---|"]
-    rows += [f"| {name} | {fmt(v.get('before'))} | {fmt(v.get('after'))} |"
-             for name, v in summary.items()]
+    for name, v in summary.items():
+        percent = "success" in name or "mentions" in name  # shares in %, else probabilities
+        rows.append(f"| {name} | {fmt(v.get('before'), percent)} | "
+                    f"{fmt(v.get('after'), percent)} |")
     return rows
 
 

@@ -49,6 +49,9 @@ class EditOptions:
     max_batches: int | None = None
     split: str = "train"
     progress: bool = True
+    card_facts: bool = False  # the facts' text in the model card (docs/design.md §13)
+    push_to_hub: str | None = None  # hub repository for the model (--save-model) or patch
+    private: bool = True
 
     def result_arguments(self, edits: EditSet) -> dict[str, Any]:
         """The arguments that decide the patch: a re-run with the same ones may resume.
@@ -106,6 +109,10 @@ def check_options(opts: EditOptions) -> None:
 
 def run_edit(opts: EditOptions, console) -> EditOutcome:
     """Run (or resume, or dry-run) an edit; raises EditFileError / RunDirError on bad input."""
+    if opts.push_to_hub:
+        from massedit.hub import check_repo_id
+
+        check_repo_id(opts.push_to_hub)  # a malformed id fails before any work
     edits = load_edits(opts.edits, opts.mapping, opts.split)
     check_options(opts)
     arguments = opts.result_arguments(edits)
@@ -133,7 +140,7 @@ def run_edit(opts: EditOptions, console) -> EditOutcome:
     editor.check_batches(edits.requests, opts.batch_size)
     run = RunDir.open(opts.out, COMMAND, arguments, key)
     if run.finished:  # only --save-model is missing
-        return _save_model_of_finished(opts, run, model)
+        return _save_model_of_finished(opts, run, model, console)
     try:
         return _edit_and_report(opts, edits, run, editor, console)
     except BaseException:
@@ -164,11 +171,31 @@ def _edit_and_report(opts: EditOptions, edits: EditSet, run: RunDir, editor,
     write_tables(run.path, rows, summary)
     write_json_atomic(run.path / "config.json", _config(opts, edits, editor, result.patch))
     if opts.save_model:
-        _save_model(opts, model, run.path / "model")
+        _save_model(opts, model, run.path / "model", result.patch, summary, rows)
     run.mark_finished(summary=summary)
     render(console, rows, summary)
     console.print(f"results in {run.path}")
+    _push(opts, run.path, result.patch, summary, rows, console)
     return EditOutcome(0, run.path, rows, summary)
+
+
+def _push(opts: EditOptions, run_path: Path, patch, summary, rows, console) -> None:
+    """``--push-to-hub``: the merged model with ``--save-model``, else the patch (with its
+    card either way)."""
+    if not opts.push_to_hub:
+        return
+    from massedit.jobs.cards import patch_card
+
+    if opts.save_model:
+        from massedit.hub import push_folder
+
+        url = push_folder(run_path / "model", opts.push_to_hub, private=opts.private,
+                          commit_message="massedit edited model")
+    else:
+        card = patch_card(patch, kind="patch", card_facts=opts.card_facts, summary=summary,
+                          rows=rows)
+        url = patch.push_to_hub(opts.push_to_hub, private=opts.private, card=card)
+    console.print(f"pushed to {url}")
 
 
 def _config(opts: EditOptions, edits: EditSet, editor, patch) -> dict[str, Any]:
@@ -193,17 +220,20 @@ def _config(opts: EditOptions, edits: EditSet, editor, patch) -> dict[str, Any]:
     }
 
 
-def _save_model(opts: EditOptions, model, path: Path) -> None:
-    """The merged model with plain ``save_pretrained`` and the tokenizer as it was loaded (not
-    the padding settings massedit gives it for editing)."""
+def _save_model(opts: EditOptions, model, path: Path, patch, summary=None, rows=None) -> None:
+    """The merged model with plain ``save_pretrained``, the tokenizer as it was loaded (not
+    the padding settings massedit gives it for editing) and a model card (§13)."""
     from transformers import AutoTokenizer
 
+    from massedit.jobs.cards import patch_card
     from massedit.models.loading import resolve_model_path
 
     if path.exists():  # a complete folder from an interrupted finish of this same run
         return
+    card = patch_card(patch, kind="model", run=path.parent, card_facts=opts.card_facts,
+                      summary=summary, rows=rows)
     tok = AutoTokenizer.from_pretrained(resolve_model_path(opts.model))
-    save_pretrained_atomic(model, tok, path)
+    save_pretrained_atomic(model, tok, path, card=card)
     logger.info("saved the edited model to %s", path)
 
 
@@ -215,14 +245,21 @@ def _already_finished(opts: EditOptions, console) -> EditOutcome:
     console.print(f"{opts.out} already holds this finished run; nothing to do")
     results = json.loads((opts.out / "results.json").read_text(encoding="utf-8"))
     render(console, results["rows"], results["summary"])
+    if opts.push_to_hub:  # a finished run can still be pushed
+        from massedit.engine.patch import EditPatch
+
+        _push(opts, opts.out, EditPatch.load(opts.out / "patch"), results["summary"],
+              results["rows"], console)
     return EditOutcome(0, opts.out, results["rows"], results["summary"])
 
 
-def _save_model_of_finished(opts: EditOptions, run: RunDir, model) -> EditOutcome:
+def _save_model_of_finished(opts: EditOptions, run: RunDir, model, console) -> EditOutcome:
     from massedit.engine.patch import EditPatch
 
-    EditPatch.load(run.path / "patch").apply(model)
-    _save_model(opts, model, run.path / "model")
+    patch = EditPatch.load(run.path / "patch")
+    patch.apply(model)
+    _save_model(opts, model, run.path / "model", patch)
+    _push(opts, run.path, patch, None, None, console)
     return EditOutcome(0, run.path)
 
 

@@ -41,13 +41,24 @@ def _load(model_name: str, dtype: str, device_map: str | None):
 
 
 def apply_patch(run: str | Path, model_name: str, out: str | Path, *, dtype: str = "float32",
-                device_map: str | None = None) -> Path:
-    """Load the base model, write the patch into it and save the result to ``out``."""
+                device_map: str | None = None, card_facts: bool = False,
+                push_to_hub: str | None = None, private: bool = True) -> Path:
+    """Load the base model, write the patch into it and save the result to ``out`` with a model
+    card (docs/design.md §13); with ``push_to_hub`` upload that folder too."""
+    from massedit.hub import check_repo_id, push_folder
+    from massedit.jobs.cards import patch_card
+
+    if push_to_hub:
+        check_repo_id(push_to_hub)  # a malformed id fails before any work
     ensure_new_output(out)
     patch = load_patch(run)
+    card = patch_card(patch, kind="model", run=run, card_facts=card_facts)
     model, tok = _load(model_name, dtype, device_map)
     patch.apply(model)  # refuses a model other than the patch's base
-    return save_pretrained_atomic(model, tok, out)
+    path = save_pretrained_atomic(model, tok, out, card=card)
+    if push_to_hub:
+        push_folder(path, push_to_hub, private=private, commit_message="massedit edited model")
+    return path
 
 
 def check_edited(patch: EditPatch, model) -> None:

@@ -39,12 +39,17 @@ class RunDirError(RuntimeError):
 
 
 # ---- atomic writes (massedit.atomic; the names stay importable from here) -----------------
-def save_pretrained_atomic(model, tok, path: str | os.PathLike) -> Path:
-    """``save_pretrained`` of model and tokenizer into a new folder, renamed into place."""
+def save_pretrained_atomic(model, tok, path: str | os.PathLike, card=None) -> Path:
+    """``save_pretrained`` of model and tokenizer into a new folder, renamed into place; with
+    ``card`` (a :class:`~massedit.export.card.CardInfo`) its model card ``README.md`` too."""
+    from massedit.export.card import write_card
+
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
         if tok is not None:
             tok.save_pretrained(tmp)
+        if card is not None:
+            write_card(tmp, card)
     return Path(path)
 
 
