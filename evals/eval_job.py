@@ -33,6 +33,7 @@ from .evaluation import (
     summarize,
     unedited_reference,
 )
+from .in_context import cases_for_patch
 from .readers import EvalCase, load_eval_dataset
 
 logger = logging.getLogger(__name__)
@@ -138,8 +139,12 @@ def run_eval(opts: EvalOptions, console) -> EvalResult:
     post_rows = None
     if patch is not None:
         patch.apply(model)  # refuses a model the patch was not made for
+        # An IKE patch changed no weight: its facts go before every prompt (evals/in_context).
+        post_cases = cases_for_patch(model, tok, cases, patch)
+        if post_cases is not cases:
+            check_context(model, tok, post_cases, opts.settings)
         logger.info("evaluating the patched model")
-        post_rows = evaluate(model, tok, cases, opts.settings, reference.locality_tokens,
+        post_rows = evaluate(model, tok, post_cases, opts.settings, reference.locality_tokens,
                              references=refs)
     rows = case_rows(cases, reference.rows, post_rows)
     summary = summary_table(reference.rows, post_rows)

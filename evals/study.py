@@ -46,6 +46,7 @@ from .evaluation import (
     summarize,
     unedited_reference,
 )
+from .in_context import cases_for_patch
 from .readers import EvalCase
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,8 @@ def run_combination(model, tok, cases: Sequence[EvalCase], reference: Reference,
         patch = editor.edit(requests, batch_size=combo.batch_size)
         edit_seconds += float(patch.metadata["seconds"])
         try:
-            rows += evaluate(model, tok, [cases[i] for i in indices], settings,
+            measured = cases_for_patch(model, tok, [cases[i] for i in indices], patch)
+            rows += evaluate(model, tok, measured, settings,
                              reference.subset(indices).locality_tokens)
         finally:
             patch.revert(model)

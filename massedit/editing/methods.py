@@ -1,9 +1,11 @@
 """The built-in methods (docs/design.md §4): closed-form (objective, distribution)
-compositions, and the fine-tuning baselines as whole editors.
+compositions, and the papers' baselines as whole editors (FT, FT-L; IKE, which edits the
+prompt, not the weights).
 
 The registry registers them on its first lookup."""
 
 from massedit.baselines.finetune import ConstrainedFineTuneHparams, FineTuneHparams, fine_tune
+from massedit.baselines.ike import IkeHparams, in_context_edit
 from massedit.contracts import MethodSpec
 
 BUILTIN_METHODS = (
@@ -14,4 +16,6 @@ BUILTIN_METHODS = (
                description="FT: fine-tune one MLP output weight (Adam, early stopping)"),
     MethodSpec("ft-l", editor=fine_tune, hparams=ConstrainedFineTuneHparams,
                description="FT-L: FT with every weight change in an L-infinity ball"),
+    MethodSpec("ike", editor=in_context_edit, hparams=IkeHparams,
+               description="IKE: new facts and demonstrations in the prompt, no weight change"),
 )

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 
+from massedit.baselines.ike import in_context_memory
 from massedit.editing.editor import Editor
 from massedit.editing.registry import DISTRIBUTIONS, OBJECTIVES, get_method, registered_by
 from massedit.engine.patch import EditPatch
@@ -39,6 +41,8 @@ from massedit.testing.toyworld import (
     recall,
     toy_world_model,
 )
+
+logger = logging.getLogger(__name__)
 
 TINY_REQUESTS = (
     EditRequest("The {} is located in", "Eiffel Tower", "Rome", "Paris"),
@@ -87,11 +91,45 @@ class ToyThresholds:
     The defaults are what the built-ins meet, with margin: over toy models of training seeds 0,
     1 and 2 (benchmarks/toy_thresholds.py kit) ROME, MEMIT and EMMET flip 0.9-1.0 of the 10 facts
     and of their other phrasings, and keep 0.91-0.97 of the other facts.
+
+    A method that honestly reaches less (the papers' baselines) declares its own bars as
+    ``toy_world_bars`` on its hparams class (:func:`declared_bars`); the kit then holds it to
+    those and says so in every bar's line of the report, never lowering the defaults silently.
     """
 
     efficacy: float = 0.8  # edited prompts now give target_new
     paraphrase: float = 0.8  # the other phrasings of the edited facts too
     locality: float = 0.8  # other subjects' facts recalled before are still recalled
+
+
+TOY_METRICS = ("efficacy", "paraphrase", "locality")
+
+
+def declared_bars(spec: Any) -> dict[str, float]:
+    """The toy-world bars a method declares for itself: ``toy_world_bars``, a class attribute
+    (``ClassVar``) of its hparams class mapping some of :data:`TOY_METRICS` to shares 0-1.
+    Missing metrics keep the kit's defaults. Refuses unknown names and values outside 0-1."""
+    bars = dict(getattr(spec.hparams, "toy_world_bars", None) or {})
+    unknown = sorted(set(bars) - set(TOY_METRICS))
+    if unknown:
+        raise ValueError(f"method {spec.name!r}: toy_world_bars names unknown metric(s) "
+                         f"{unknown}; known: {list(TOY_METRICS)}")
+    for metric, bar in bars.items():
+        if not 0.0 <= float(bar) <= 1.0:
+            raise ValueError(f"method {spec.name!r}: toy_world_bars[{metric!r}] = {bar} is "
+                             "not a share in [0, 1]")
+    return {k: float(v) for k, v in bars.items()}
+
+
+def toy_bars(spec: Any, thresholds: ToyThresholds | None) -> dict[str, tuple[float, str]]:
+    """Each metric's bar and where it comes from: the caller's ``thresholds`` when given
+    (``"given by the caller"``), else the method's own declared bar (``"method's own; default
+    0.80"``), else the kit's default (``"default"``)."""
+    if thresholds is not None:
+        return {m: (getattr(thresholds, m), "given by the caller") for m in TOY_METRICS}
+    default, own = ToyThresholds(), declared_bars(spec)
+    return {m: (own[m], f"method's own; default {getattr(default, m):.2f}") if m in own
+            else (getattr(default, m), "default") for m in TOY_METRICS}
 
 
 def check_method(
@@ -103,7 +141,7 @@ def check_method(
     toy_arch: str | None = "gpt2",
     n_edits: int = N_TOY_EDITS,
     batch_size: int | None = None,
-    thresholds: ToyThresholds = ToyThresholds(),
+    thresholds: ToyThresholds | None = None,
     devices: Sequence[str] | None = None,
     workdir: str | Path | None = None,
     stats_cache_dir: str | Path | None = None,
@@ -115,7 +153,10 @@ def check_method(
     ``overrides`` are the method's hyper-parameters for the toy-world model, over
     :func:`toy_settings` (the built-ins need none); ``batch_size`` defaults to
     :data:`TOY_BATCH_SIZES` (else all facts in one batch); ``toy_arch=None`` skips the toy world.
-    The built-ins pass with the default ``thresholds``.
+    The toy-world bars are ``thresholds`` when given; otherwise the kit's defaults
+    (:class:`ToyThresholds`, which ROME, MEMIT and EMMET pass), except where the method declares
+    its own (``toy_world_bars`` on its hparams class, :func:`declared_bars`): each bar's check
+    names its origin, e.g. ``toy world efficacy ≥ 0.25 (method's own; default 0.80)``.
     Patches and corpora go to ``workdir`` (a temporary folder by default), key statistics to
     massedit's fingerprinted cache (``stats_cache_dir``, default ``$MASSEDIT_CACHE`` or the user
     cache), so later runs reuse them. About 10 s on a CPU once the toy model and statistics are
@@ -155,8 +196,16 @@ def check_method(
         if toy_arch is not None:
             if batch_size is None:
                 batch_size = TOY_BATCH_SIZES.get(name)
-            _toy_world_checks(report, name, toy_arch, n_edits, batch_size, dict(overrides or {}),
-                              thresholds, root, stats_cache_dir)
+            bars: dict[str, tuple[float, str]] = {}
+
+            def read_bars() -> str:  # a malformed declaration is a failed check, not a crash
+                bars.update(toy_bars(spec, thresholds))
+                return _describe_bars(name, bars)
+
+            run_check(report, "toy world bars", read_bars)
+            if bars:
+                _toy_world_checks(report, name, toy_arch, n_edits, batch_size,
+                                  dict(overrides or {}), bars, root, stats_cache_dir)
     return report.raise_for_failures() if raise_on_failure else report
 
 
@@ -194,6 +243,9 @@ def _tiny_round_trip(method: str, model_type: str, device: str, corpus: Path, ro
     editor = Editor(model, tok, method=method, stats=stats, progress=False, **settings)
     patch = editor.edit(list(TINY_REQUESTS), batch_size=2)
     assert patch.metadata.get("method") == method, "the patch does not record its method"
+    if in_context_memory(patch) is not None:  # IKE: the edit is in the prompt, not the weights
+        return _in_context_round_trip(model, tok, patch, original, root / f"patch-{method}-"
+                                      f"{model_type}-{device}")
     changed = _same(model, original)
     assert changed, "the edit changed no weight"
     outside = [k for k in changed if k.rsplit(".", 1)[0] not in patch.sites]
@@ -217,9 +269,41 @@ def _tiny_round_trip(method: str, model_type: str, device: str, corpus: Path, ro
     return f"{len(patch.deltas)} updates at layers {layers}"
 
 
+def _describe_bars(method: str, bars: Mapping[str, tuple[float, str]]) -> str:
+    """Where the bars come from, e.g. ``ft: toy efficacy bar 0.25 (method's own; default
+    0.80)`` for each bar that is not the kit's default; ``"the kit's defaults"`` otherwise."""
+    special = [f"{method}: toy {m} bar {bar:.2f} ({origin})"
+               for m, (bar, origin) in bars.items() if origin != "default"]
+    if special:
+        logger.info("%s", "; ".join(special))
+    return "; ".join(special) or "the kit's defaults"
+
+
+def _in_context_round_trip(model, tok, patch: EditPatch, original: Mapping[str, torch.Tensor],
+                           folder: Path) -> str:
+    """An in-context patch (massedit.baselines.ike): no weight changed, bit for bit; its memory
+    holds every request, survives save/load, and gives each request's prompt a context."""
+    differ = _same(model, original)
+    assert not differ, f"an in-context edit changed weights: {differ}"
+    memory = in_context_memory(patch)
+    statements = [f"{r.text} {r.target_new}" for r in TINY_REQUESTS]
+    assert [f.statement for f in memory.facts] == statements, "the memory lost requests"
+    loaded = EditPatch.load(patch.save(folder))
+    assert in_context_memory(loaded) == memory, "the memory changed through save/load"
+    assert not loaded.deltas, "an in-context patch holds weight deltas"
+    shown = memory.prepend(model, tok, [r.text for r in TINY_REQUESTS])
+    for text, req in zip(shown, TINY_REQUESTS, strict=True):
+        assert text.endswith(f"\nPrompt: {req.text}"), f"no context before {req.text!r}"
+        assert any(f"New Fact: {s}\nPrompt: {req.text}" in text for s in statements)
+    patch.revert(model)
+    differ = _same(model, original)
+    assert not differ, f"revert changed {differ}"
+    return f"no weight changed; {len(memory.facts)} facts in context, save/load kept them"
+
+
 def _toy_world_checks(report: ConformanceReport, method: str, arch: str, n_edits: int,
                       batch_size: int | None, overrides: dict[str, Any],
-                      thresholds: ToyThresholds, root: Path,
+                      bars: Mapping[str, tuple[float, str]], root: Path,
                       stats_cache_dir: str | Path | None) -> None:
     measured: dict[str, float] = {}
 
@@ -231,15 +315,14 @@ def _toy_world_checks(report: ConformanceReport, method: str, arch: str, n_edits
     run_check(report, f"toy world ({arch}, {n_edits} facts): edit, measure, revert bit for bit",
               edit)
     report.measures.update(measured)
-    for metric, floor in (("efficacy", thresholds.efficacy),
-                          ("paraphrase", thresholds.paraphrase),
-                          ("locality", thresholds.locality)):
+    for metric, (floor, origin) in bars.items():
         def at_least(metric=metric, floor=floor) -> str:
             assert metric in measured, "not measured (the edit failed)"
             assert measured[metric] >= floor, f"{metric} {measured[metric]:.2f} < {floor:.2f}"
             return f"{measured[metric]:.2f}"
 
-        run_check(report, f"toy world {metric} ≥ {floor:.2f}", at_least)
+        where = "" if origin in ("default", "given by the caller") else f" ({origin})"
+        run_check(report, f"toy world {metric} ≥ {floor:.2f}{where}", at_least)
 
 
 def toy_world_edit(method: str, arch: str = "gpt2", n_edits: int = N_TOY_EDITS,
