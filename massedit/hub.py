@@ -52,7 +52,7 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, repo_type: str = "mo
         url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type,
                           commit_message=commit_message)
-    except (OSError, RuntimeError) as err:  # HfHubHTTPError is an OSError subclass
+    except Exception as err:  # noqa: BLE001 - HTTP, connection and file errors alike
         raise HubError(f"could not upload {folder} to {repo_id}: {err}") from None
     logger.info("uploaded %s to %s (%s)", folder, repo_id, "private" if private else "public")
     return str(url)
@@ -62,7 +62,7 @@ def list_files(repo_id: str, *, repo_type: str = "model", token: str | None = No
     check_repo_id(repo_id)
     try:
         return list(hub_api(token).list_repo_files(repo_id, repo_type=repo_type))
-    except (OSError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 - HTTP, connection and file errors alike
         raise HubError(f"could not list {repo_id}: {err}") from None
 
 
@@ -72,6 +72,6 @@ def download(repo_id: str, filename: str, local_dir: str | os.PathLike, *,
     try:
         path = hub_api(token).hf_hub_download(repo_id, filename, repo_type=repo_type,
                                               local_dir=str(local_dir))
-    except (OSError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 - HTTP, connection and file errors alike
         raise HubError(f"could not download {filename} from {repo_id}: {err}") from None
     return Path(path)

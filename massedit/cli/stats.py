@@ -1,4 +1,5 @@
-"""``massedit stats``: compute key statistics into the cache the editor reads, or list it."""
+"""``massedit stats``: compute key statistics into the cache the editor reads, list it, or
+share it through a hub dataset repository (``stats push|pull --repo``)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,21 @@ from typing import Annotated
 
 import typer
 
-from massedit.cli.common import DeviceMapOpt, ModelOpt, app, console, reported
+from massedit.cli.common import DeviceMapOpt, PublicOpt, app, console, reported
 from massedit.models.loading import DEFAULT_MODEL
 
 
 @app.command()
 def stats(
-    model: ModelOpt = DEFAULT_MODEL,
+    action: Annotated[str | None, typer.Argument(
+        metavar="[push|pull]", help="push: upload the cache's entries to --repo; pull: "
+        "download and verify the ones that match (--model, --layers narrow both).")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Hub id, local folder, or smollm2-135m (the embedded default, used "
+        "when computing without --model).")] = None,
+    repo: Annotated[str | None, typer.Option(
+        "--repo", metavar="USER/NAME", help="Hub dataset repository for push and pull.")] = None,
+    public: PublicOpt = False,
     method: Annotated[str | None, typer.Option(
         help="Collect the sites of this method's preset layers (memit, rome, emmet...).")] = None,
     layers: Annotated[str | None, typer.Option(
@@ -49,6 +58,16 @@ def stats(
     the same command is run again.
     """
     with reported():
+        if action is not None:
+            from massedit.jobs.stats_sharing import ShareOptions, run_share
+
+            if not repo:
+                raise typer.BadParameter(f"stats {action} needs --repo USER/NAME",
+                                         param_hint="--repo")
+            run_share(ShareOptions(action=action, repo=repo, model=model, layers=layers,
+                                   cache_dir=str(cache_dir) if cache_dir else None,
+                                   private=not public), console())
+            return
         if list_:
             from massedit.data.locations import cache_root
             from massedit.stats.listing import print_cache
@@ -58,7 +77,8 @@ def stats(
         from massedit.jobs.stats import StatsOptions, run_stats
 
         opts = StatsOptions(
-            model=model, method=method, layers=layers, corpus=corpus, tokens=tokens,
+            model=model or DEFAULT_MODEL, method=method, layers=layers, corpus=corpus,
+            tokens=tokens,
             max_length=max_length, batch_size=batch_size, dtype=dtype,
             cache_dir=str(cache_dir) if cache_dir else None, checkpoint_every=checkpoint_every,
             seed=seed, model_dtype=model_dtype, device_map=device_map,

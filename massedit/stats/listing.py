@@ -18,6 +18,8 @@ from safetensors import safe_open
 from massedit.stats.cache import stats_dir
 from massedit.stats.checkpoint import PREFIX
 
+LOCAL = "local"  # computed on this machine (a pulled file's header names its repository)
+
 
 @dataclass
 class CacheEntry:
@@ -34,6 +36,11 @@ class CacheEntry:
     processes: int = 1
     partial: bool = False
     files: list[Path] = field(default_factory=list)
+    sources: set[str] = field(default_factory=set)  # "local", or the hub repository pulled from
+
+    @property
+    def source(self) -> str:
+        return ", ".join(sorted(self.sources)) or LOCAL
 
 
 def human_size(n: float) -> str:
@@ -101,6 +108,7 @@ def list_cache(root: Path) -> list[CacheEntry]:
                 max_length=fp.get("max_length", 0), dtype=fp["dtype"],
                 processes=int(meta.get("processes", 1)))
         entry.sites.append(fp["site"])
+        entry.sources.add(meta.get("source") or LOCAL)
         entry.size += path.stat().st_size
         entry.files.append(path)
     return sorted(entries.values(), key=lambda e: (e.partial, e.model, e.corpus, e.tokens))
@@ -130,7 +138,8 @@ def print_cache(console, root: Path) -> list[CacheEntry]:
         console.print(f"no statistics in {stats_dir(root)}")
         return entries
     table = Table(title=f"key statistics in {stats_dir(root)}")
-    for column in ("model", "sites", "corpus", "tokens", "len", "dtype", "procs", "size"):
+    for column in ("model", "sites", "corpus", "tokens", "len", "dtype", "procs", "size",
+                   "source"):
         table.add_column(column, overflow="fold")
     for e in entries:
         if e.partial:
@@ -141,7 +150,7 @@ def print_cache(console, root: Path) -> list[CacheEntry]:
             tokens = str(e.tokens)
         table.add_row(_short_model(e.model), compress_sites(e.sites), _short_corpus(e.corpus),
                       tokens, str(e.max_length or "-"), e.dtype, str(e.processes),
-                      human_size(e.size))
+                      human_size(e.size), e.source)
     console.print(table)
     return entries
 

@@ -12,6 +12,7 @@ fingerprints), ``stats_pass`` (the pass), ``stats_checkpoint`` and ``stats_distr
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -40,6 +41,7 @@ from massedit.stats.passes import (
     model_max_length,
     row_batches,
 )
+from massedit.stats.sharing import STATS_REPO_ENV, fetch_shared
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +110,18 @@ def get_moments(
         if moment is not None:
             found[layer] = moment
     missing = [layer for layer in layers if layer not in found]
+    pulled = _pull_shared(root, {layer: fps[layer] for layer in missing}, dist)
+    for layer in pulled:
+        moment = load_cached(cache_path(root, fps[layer]), fps[layer])
+        if moment is not None:
+            found[layer] = moment
+    missing = [layer for layer in layers if layer not in found]
     if dist.broadcast(missing) != missing:
         raise RuntimeError("processes disagree about what the statistics cache holds")
     record = {"corpus": corpus_id(corpus), "tokens_requested": tokens,
               "cached_layers": [layer for layer in layers if layer in found],
-              "computed_layers": missing, "processes": dist.world}
+              "computed_layers": missing, "processes": dist.world,
+              "pulled_layers": [layer for layer in pulled if layer in found]}
     if missing:
         result = _compute(model, tok, missing, spec, corpus, tokens, fps, root, dist, progress,
                           require_cache)
@@ -121,6 +130,16 @@ def get_moments(
     record.update(tokens_used={str(k): v.count for k, v in sorted(found.items())},
                   spec=asdict(spec))
     return {layer: found[layer] for layer in layers}, record
+
+
+def _pull_shared(root, fps: dict[int, dict], dist: Dist) -> list[int]:
+    """Layers whose statistics the main process pulled from ``$MASSEDIT_STATS_REPO`` into the
+    cache (docs/design.md §6, "Shared statistics"); every process then reads them there."""
+    if not fps or not os.environ.get(STATS_REPO_ENV):
+        return []
+    pulled = fetch_shared(root, fps) if dist.is_main else []
+    dist.barrier()
+    return list(fps) if dist.world > 1 else pulled  # other ranks re-read the cache
 
 
 def _compute(model, tok, layers, spec, corpus, tokens, fps, root, dist: Dist, progress,
