@@ -27,6 +27,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch.func import functional_call
@@ -49,6 +50,12 @@ class FineTuneHparams(EditHparams):
     norm_constraint: float = 0.0  # ε: every |ΔW| entry ≤ ε after each step; 0: unconstrained
     # FT reads the plain prompt only: no context prefixes.
     context_lengths: tuple[tuple[int, int], ...] = ()
+    # The conformance kit's toy-world bars for FT (massedit.testing.conformance_edits
+    # declared_bars), below what it reaches: with the kit's toy settings (layer 0, ROME's lr 5e-4
+    # and 25 steps) over toy models of training seeds 0/1/2 it flips 0.30/0.50/0.30 of the 10
+    # facts and 0.30/0.45/0.35 of their phrasings, and keeps 0.71/0.74/0.73 of other facts.
+    toy_world_bars: ClassVar[dict[str, float]] = {
+        "efficacy": 0.2, "paraphrase": 0.2, "locality": 0.6}
 
     def __post_init__(self) -> None:
         if self.norm_constraint < 0 or self.ft_steps < 0 or self.ft_lr <= 0:
@@ -60,6 +67,10 @@ class ConstrainedFineTuneHparams(FineTuneHparams):
     """FT-L's settings: FT with an L∞ bound ε > 0 on every weight change."""
 
     norm_constraint: float = 5e-4  # ROME's GPT-2 XL value
+    # FT-L does not edit the toy world: over training seeds 0/1/2 it flips none of the 10 facts
+    # or their phrasings (nor at ε = 1e-3, 2e-3; 0.1 at 5e-3 on seed 0), keeping 0.99/1.0/1.0 of
+    # other facts; its locality is held to the kit's default.
+    toy_world_bars: ClassVar[dict[str, float]] = {"efficacy": 0.0, "paraphrase": 0.0}
 
     def __post_init__(self) -> None:
         super().__post_init__()
