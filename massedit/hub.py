@@ -3,7 +3,7 @@
 Four calls are used: ``create_repo`` (private by default, as ``transformers``' ``push_to_hub``
 offers), ``upload_folder``, ``list_repo_files`` and ``hf_hub_download``. Keeping to these makes
 the one surface tests replace with a local folder (``tests/test_hub.py``), while the real code
-path stays the library's own (docs/design.md §13). Importable from anywhere: it imports no
+path stays the library's own (docs/design.md §14). Importable from anywhere: it imports no
 other massedit module.
 """
 

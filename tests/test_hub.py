@@ -1,5 +1,5 @@
 """The hub, against a fake: the ``HfApi`` methods massedit uses (create_repo, upload_folder,
-list_repo_files, hf_hub_download) replaced by a local folder (docs/design.md §13). Pushing
+list_repo_files, hf_hub_download) replaced by a local folder (docs/design.md §14). Pushing
 adapters, models and patches (private by default); sharing statistics: a pulled entry makes the
 next edit compute none, a tampered or interrupted one is refused and leaves nothing."""
 

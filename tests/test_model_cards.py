@@ -1,4 +1,4 @@
-"""Model cards (docs/design.md §13): written by ``edit --save-model``, ``apply`` and ``export
+"""Model cards (docs/design.md §14): written by ``edit --save-model``, ``apply`` and ``export
 --peft``; the YAML header parses and names the base model; facts only with ``--card-facts``;
 ``massedit export`` writes an adapter equal to the run's edited model."""
 

@@ -1,5 +1,5 @@
 """A patch as a PEFT LoRA adapter: ``PeftModel.from_pretrained(base, folder)`` computes exactly
-what the edited model computes (docs/design.md §13)."""
+what the edited model computes (docs/design.md §14)."""
 
 from __future__ import annotations
 

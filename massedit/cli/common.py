@@ -30,7 +30,7 @@ DeviceMapOpt = Annotated[str | None, typer.Option(
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", metavar="KEY=VALUE",
     help="Hyper-parameter override (repeatable), e.g. layers=[4,5].")]
-# Model cards and the hub (docs/design.md §13).
+# Model cards and the hub (docs/design.md §14).
 CardFactsOpt = Annotated[bool, typer.Option(
     "--card-facts", help="Put the facts' text in the model card (left out by default: edit "
     "files can be private).")]

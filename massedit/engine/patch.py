@@ -99,7 +99,7 @@ class EditPatch:
         meta = {**self.metadata, "merged": [self.metadata, other.metadata]}
         return EditPatch(self.deltas + other.deltas, originals, digests, meta)
 
-    # ---- other formats (massedit.export, docs/design.md §13) --------------------------------
+    # ---- other formats (massedit.export, docs/design.md §14) --------------------------------
     def to_peft(self, model_or_config, out: str | os.PathLike, *, allow_large: bool = False,
                 card=None):
         """Write this patch as a PEFT LoRA adapter folder that ``PeftModel.from_pretrained``

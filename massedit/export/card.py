@@ -3,7 +3,7 @@
 A YAML header (``base_model``, ``library_name``, ``tags``) and a body saying what was edited:
 method, number of facts, layers and sites, the statistics' corpus and budget, the run's
 before/after summary when there is one, and how to go back to the base model. The facts' text is
-left out unless asked for: edit files can be private (docs/design.md §13).
+left out unless asked for: edit files can be private (docs/design.md §14).
 """
 
 from __future__ import annotations

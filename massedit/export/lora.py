@@ -1,4 +1,4 @@
-"""One edit site's updates as LoRA factors ``B A`` (docs/design.md §13).
+"""One edit site's updates as LoRA factors ``B A`` (docs/design.md §14).
 
 A closed-form edit is low rank per site: each written ``Delta`` is ``U Vᵀ`` with rank at most its
 batch's number of facts, or a dense ``ΔW`` of that rank. LoRA adds ``B (A x)`` with ``B`` =

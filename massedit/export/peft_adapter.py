@@ -1,4 +1,4 @@
-"""``EditPatch.to_peft``: a patch as a PEFT LoRA adapter (docs/design.md §13).
+"""``EditPatch.to_peft``: a patch as a PEFT LoRA adapter (docs/design.md §14).
 
 The folder holds what ``PeftModel.from_pretrained(base, folder)`` reads, and nothing of massedit:
 ``adapter_config.json`` (written by PEFT's own ``LoraConfig``) and ``adapter_model.safetensors``

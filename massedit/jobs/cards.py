@@ -1,5 +1,5 @@
 """Model cards for what a command writes: a run's patch with its before/after summary and, only
-when asked (``--card-facts``), its facts (docs/design.md §13)."""
+when asked (``--card-facts``), its facts (docs/design.md §14)."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ class EditOptions:
     max_batches: int | None = None
     split: str = "train"
     progress: bool = True
-    card_facts: bool = False  # the facts' text in the model card (docs/design.md §13)
+    card_facts: bool = False  # the facts' text in the model card (docs/design.md §14)
     push_to_hub: str | None = None  # hub repository for the model (--save-model) or patch
     private: bool = True
 
@@ -222,7 +222,7 @@ def _config(opts: EditOptions, edits: EditSet, editor, patch) -> dict[str, Any]:
 
 def _save_model(opts: EditOptions, model, path: Path, patch, summary=None, rows=None) -> None:
     """The merged model with plain ``save_pretrained``, the tokenizer as it was loaded (not
-    the padding settings massedit gives it for editing) and a model card (§13)."""
+    the padding settings massedit gives it for editing) and a model card (§14)."""
     from transformers import AutoTokenizer
 
     from massedit.jobs.cards import patch_card

@@ -1,5 +1,5 @@
 """``massedit export``: a run's patch as a PEFT LoRA adapter, with its model card, optionally
-pushed to the hub (docs/design.md §13)."""
+pushed to the hub (docs/design.md §14)."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def apply_patch(run: str | Path, model_name: str, out: str | Path, *, dtype: str
                 device_map: str | None = None, card_facts: bool = False,
                 push_to_hub: str | None = None, private: bool = True) -> Path:
     """Load the base model, write the patch into it and save the result to ``out`` with a model
-    card (docs/design.md §13); with ``push_to_hub`` upload that folder too."""
+    card (docs/design.md §14); with ``push_to_hub`` upload that folder too."""
     from massedit.hub import check_repo_id, push_folder
     from massedit.jobs.cards import patch_card
 
