@@ -55,7 +55,8 @@ def stats(
     One forward pass collects every site. Under `accelerate launch --multi_gpu --num_processes P
     -m massedit stats ...` or `torchrun --nproc_per_node P -m massedit stats ...` each process
     reads its own shard of the corpus. An interrupted run continues from its last checkpoint when
-    the same command is run again.
+    the same command is run again. `massedit stats push|pull --repo USER/NAME` shares the cache
+    through a hub dataset repository (docs/sharing.md).
     """
     with reported():
         if action is not None:

@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,6 +21,10 @@ from safetensors.torch import load_file, save_file
 from massedit.atomic import atomic_dir
 from massedit.engine.problem import Delta
 from massedit.models.adapters import Layout, get_module, read_weight, write_weight
+
+if TYPE_CHECKING:  # massedit.export sits below engine and reads patches by their fields
+    from massedit.export.card import CardInfo
+    from massedit.export.peft_adapter import PeftExport
 
 PATCH_FORMAT = 1
 
@@ -100,8 +104,8 @@ class EditPatch:
         return EditPatch(self.deltas + other.deltas, originals, digests, meta)
 
     # ---- other formats (massedit.export, docs/design.md §14) --------------------------------
-    def to_peft(self, model_or_config, out: str | os.PathLike, *, allow_large: bool = False,
-                card=None):
+    def to_peft(self, model_or_config: Any, out: str | os.PathLike, *, allow_large: bool = False,
+                card: CardInfo | None = None) -> PeftExport:
         """Write this patch as a PEFT LoRA adapter folder that ``PeftModel.from_pretrained``
         loads; see :func:`massedit.export.export_peft`. Returns a ``PeftExport``."""
         from massedit.export.peft_adapter import export_peft
@@ -109,7 +113,7 @@ class EditPatch:
         return export_peft(self, model_or_config, out, allow_large=allow_large, card=card)
 
     def push_to_hub(self, repo_id: str, *, private: bool = True, token: str | None = None,
-                    card=None) -> str:
+                    card: CardInfo | None = None) -> str:
         """Upload the saved patch with a model card to the hub model repository ``repo_id``
         (private by default); returns its URL."""
         import tempfile

@@ -145,13 +145,16 @@ def lora_config(loras: list[SiteLora], *, fan_in_fan_out: bool, base_model: str,
 
 
 def export_peft(patch: EditPatch, model_or_config, out: str | os.PathLike, *,
-                allow_large: bool = False, card: CardInfo | None = None) -> PeftExport:
+                allow_large: bool = False, card: CardInfo | None = None,
+                base_model: str | None = None) -> PeftExport:
     """Write ``patch`` as a PEFT LoRA adapter folder ``out`` (new; written atomically).
 
     ``model_or_config``: the base (or edited) model, its config, or a hub id / local folder
-    (then only its structure is built, on the meta device). Raises :class:`ExportError` for
-    sites LoRA cannot express and :class:`AdapterTooLargeError` when the factors would be no
-    smaller than the dense update (unless ``allow_large``)."""
+    (then only its structure is built, on the meta device). ``base_model``: the name recorded
+    as ``base_model_name_or_path`` and in the card (default: the model's own name).
+
+    Raises :class:`ExportError` for sites LoRA cannot express and :class:`AdapterTooLargeError`
+    when the factors would be no smaller than the dense update (unless ``allow_large``)."""
     if not patch.deltas:
         raise ExportError("the patch holds no update: nothing to export")
     model = structure_model(model_or_config)
@@ -177,7 +180,7 @@ def export_peft(patch: EditPatch, model_or_config, out: str | os.PathLike, *,
         raise AdapterTooLargeError(_too_large_message(large))
     if large:
         logger.warning(_too_large_message(large).split(". Use")[0])
-    base = base_model_name(patch.metadata, model)
+    base = base_model or base_model_name(patch.metadata, model)
     config = lora_config(loras, fan_in_fan_out=fan_in_fan_out, base_model=base,
                          encoder_decoder=bool(getattr(model.config, "is_encoder_decoder", False)))
     tensors = {}

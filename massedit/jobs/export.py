@@ -11,6 +11,7 @@ from pathlib import Path
 from massedit.export.peft_adapter import PeftExport, export_peft
 from massedit.hub import check_repo_id
 from massedit.jobs.cards import patch_card
+from massedit.jobs.edit import model_reference
 from massedit.jobs.patches import load_patch
 from massedit.jobs.runs import ensure_new_output
 
@@ -54,7 +55,9 @@ def run_export(opts: ExportOptions) -> PeftExport:
     if opts.peft.exists():  # ensure_new_output allowed an empty folder; atomic_dir wants none
         opts.peft.rmdir()
     # Only the model's structure is needed (built on the meta device from its config).
-    exported = export_peft(patch, model, opts.peft, allow_large=opts.allow_large, card=card)
+    # The name as the user gave it (a hub id, smollm2-135m), a local folder by its absolute path.
+    exported = export_peft(patch, model, opts.peft, allow_large=opts.allow_large, card=card,
+                           base_model=model_reference(model))
     if opts.push_to_hub:
         exported.push_to_hub(opts.push_to_hub, private=opts.private)
     return exported
