@@ -8,6 +8,7 @@ from massedit.cli import (  # noqa: F401  (register commands)
     stream,
     study,
     trace,
+    tune,
 )
 from massedit.cli.common import app
 

@@ -27,6 +27,16 @@ class EditError(RuntimeError):
     """An edit was stopped (non-finite values, exploding update); the model is unchanged."""
 
 
+# What a user can change when the guard stops an update (docs/design.md §12): the preset was not
+# made for this model, too many layers share the residual, or λ lets the edit keys pull too hard.
+EXPLODING_UPDATE_ADVICE = (
+    "to try: `massedit tune --model MODEL --method METHOD` (chooses layers, λ/μ and target "
+    "settings for this model), fewer layers (--set layers=[...]), a larger λ (--set "
+    "mom2_lambda=...; MEMIT), μ > 0 (EMMET), a smaller clamp_norm_factor, or, if the update "
+    "is wanted, a larger max_update_ratio"
+)
+
+
 def check_update(delta: Delta, weight: torch.Tensor, site: str, max_update_ratio: float,
                  moment: SecondMoment | None = None, ridge: float = 0.0) -> float:
     """Raise :class:`EditError` for a non-finite update or an exploding one; return the ratio
@@ -51,14 +61,15 @@ def check_update(delta: Delta, weight: torch.Tensor, site: str, max_update_ratio
     if moment is None:
         raise EditError(
             f"update at {site} is {ratio:.1f}× the weight's own norm (limit {max_update_ratio}); "
-            "the edit was stopped and the model restored"
+            f"the edit was stopped and the model restored; {EXPLODING_UPDATE_ADVICE}"
         )
     on_keys = output_change(d, weight, moment, ridge)
     if on_keys > max_update_ratio:
         raise EditError(
             f"update at {site} is {ratio:.1f}× the weight's own norm and changes the layer's "
             f"output on its statistics' keys by {on_keys:.1f}× that output's size (limit "
-            f"{max_update_ratio}); the edit was stopped and the model restored"
+            f"{max_update_ratio}); the edit was stopped and the model restored; "
+            f"{EXPLODING_UPDATE_ADVICE}"
         )
     logger.info("update at %s is %.1f× ‖W‖ but changes the output on the keys by %.2f×: kept",
                 site, ratio, on_keys)
