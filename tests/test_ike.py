@@ -152,3 +152,18 @@ def test_the_conformance_kit_checks_ike_without_weights(tmp_path):
     assert report.passed, str(report)
     tiny = [r for r in report.results if r.check.startswith("tiny ")]
     assert len(tiny) == 2 and all("no weight changed; 4 facts" in r.detail for r in tiny)
+
+
+def test_presets_and_settings():
+    from importlib import resources
+
+    import yaml
+
+    from massedit.baselines.ike import IkeHparams
+
+    root = resources.files("massedit") / "presets" / "ike"
+    for name in ("smollm2-135m.yaml", "default.yaml"):
+        hp = IkeHparams().replace(**yaml.safe_load((root / name).read_text()))
+        assert hp.layers == (0,) and hp.ike_demonstrations == 4 and hp.context_lengths == ()
+    with pytest.raises(ValueError, match="ike needs"):
+        IkeHparams(ike_demonstrations=-1)

@@ -1,11 +1,12 @@
 """The built-in methods (docs/design.md §4): closed-form (objective, distribution)
-compositions, and the papers' baselines as whole editors (FT, FT-L; IKE, which edits the
+compositions, and the papers' baselines as whole editors (FT, FT-L, KN; IKE, which edits the
 prompt, not the weights).
 
 The registry registers them on its first lookup."""
 
 from massedit.baselines.finetune import ConstrainedFineTuneHparams, FineTuneHparams, fine_tune
 from massedit.baselines.ike import IkeHparams, in_context_edit
+from massedit.baselines.knowledge_neurons import KnowledgeNeuronHparams, knowledge_neurons
 from massedit.contracts import MethodSpec
 
 BUILTIN_METHODS = (
@@ -18,4 +19,6 @@ BUILTIN_METHODS = (
                description="FT-L: FT with every weight change in an L-infinity ball"),
     MethodSpec("ike", editor=in_context_edit, hparams=IkeHparams,
                description="IKE: new facts and demonstrations in the prompt, no weight change"),
+    MethodSpec("kn", editor=knowledge_neurons, hparams=KnowledgeNeuronHparams,
+               description="KN: knowledge neurons by integrated gradients, value vectors moved"),
 )
