@@ -167,3 +167,37 @@ def test_presets_and_settings():
         assert hp.layers == (0,) and hp.ike_demonstrations == 4 and hp.context_lengths == ()
     with pytest.raises(ValueError, match="ike needs"):
         IkeHparams(ike_demonstrations=-1)
+
+
+def test_compare_scores_ike_with_its_contexts(tmp_path, stats_dir, monkeypatch):
+    import csv
+
+    from massedit.evals.evaluation import summarize
+
+    monkeypatch.setenv("MASSEDIT_CACHE", str(stats_dir))
+    model, tok = tiny_model("gpt2")
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    (tmp_path / "cases.json").write_text(json.dumps(counterfact_records(REQUESTS)))
+    (tmp_path / "corpus.txt").write_text(" ".join(r.text for r in REQUESTS * 50))
+    result = invoke("compare", "--model", tmp_path / "base", "--dataset", tmp_path / "cases.json",
+                    "--n", "all", "--methods", "ike", "--batch-sizes", "4", "--set",
+                    "ike_demonstrations=1", "--set", "layers=[1]", "--stats-corpus",
+                    tmp_path / "corpus.txt", "--stats-tokens", "500", "--max-new-tokens", "2",
+                    "--out", tmp_path / "study")
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "study" / "results.csv").open() as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    # The same numbers as scoring the cases with the edit's contexts directly.
+    cases = load_eval_dataset(str(tmp_path / "cases.json"), None)
+    patch = Editor(model, tok, "ike", progress=False, layers=(1,),
+                   ike_demonstrations=1).edit(REQUESTS)
+    settings = EvalSettings(fluency=False)
+    reference = unedited_reference(model, tok, cases, settings)
+    want = summarize(evaluate(model, tok, cases_for_patch(model, tok, cases, patch), settings,
+                              reference.locality_tokens))
+    for name in ("efficacy_magnitude", "paraphrase_magnitude", "neighborhood_magnitude",
+                 "locality"):
+        assert float(rows["ike"][name]) == pytest.approx(want[name], rel=1e-5, abs=1e-9)
+    assert float(rows["ike"]["efficacy_magnitude"]) != pytest.approx(
+        float(rows["unedited"]["efficacy_magnitude"]), rel=1e-3)
