@@ -96,6 +96,25 @@ class _PeakRss:
         return round(peak / 2**30, 3)
 
 
+def _accept_group_callback() -> None:
+    """The editor now hands ``compute_targets`` an ``on_group_done`` callback; old target code
+    does not take it, so it is called once with every request after the old call returns."""
+    import massedit.editing.editor as editor_module
+    import massedit.targets.optimise as optimise
+
+    old = optimise.compute_targets
+    if "on_group_done" in old.__code__.co_varnames:
+        return
+
+    def compatible(model, tok, requests, *args, on_group_done=None, **kwargs):
+        result = old(model, tok, requests, *args, **kwargs)
+        if on_group_done is not None:
+            on_group_done(list(range(len(requests))), result)
+        return result
+
+    editor_module.compute_targets = compatible
+
+
 def child(spec: dict) -> dict:
     """One measurement (runs in its own process)."""
     overrides = dict(spec.get("set", {}))
@@ -116,6 +135,8 @@ def child(spec: dict) -> dict:
 
     default_data_root(ROOT)  # unless $MASSEDIT_DATA is set
 
+    if spec["variant"] == "old":
+        _accept_group_callback()
     stages["imports"] = rss.take()
     model, tok = load_model(spec["model"])
     stages["load"] = rss.take()
