@@ -145,6 +145,11 @@ def test_eval_patch_prepends_the_context_and_apply_is_refused(tmp_path):
     with pytest.raises(ValueError, match=NO_WEIGHTS):
         refuse_in_context_patch(EditPatch.load(tmp_path / "patch"))
     refuse_in_context_patch(EditPatch())  # a patch of weights is not refused
+    from massedit.baselines.ike import is_in_context_method
+    from massedit.editing.registry import get_method
+
+    assert is_in_context_method(get_method("ike"))
+    assert not any(is_in_context_method(get_method(m)) for m in ("rome", "ft", "kn"))
 
 
 def test_the_conformance_kit_checks_ike_without_weights(tmp_path):

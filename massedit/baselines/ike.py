@@ -182,6 +182,12 @@ def in_context_memory(patch: Any) -> InContextMemory | None:
     return InContextMemory.from_dicts(entries) if entries else None
 
 
+def is_in_context_method(spec: Any) -> bool:
+    """Whether a ``MethodSpec`` edits in context (IKE): ``massedit edit --save-model`` can refuse
+    it before any work, as :func:`refuse_in_context_patch` refuses its patch."""
+    return getattr(spec, "editor", None) is in_context_edit
+
+
 def refuse_in_context_patch(patch: Any) -> None:
     """Raise ``ValueError`` when ``patch`` is an IKE patch: writing it into weights
     (``massedit apply``, ``--save-model``) would silently produce the unedited model."""
