@@ -55,6 +55,8 @@ ARCH_SPECS: dict[str, TrainSpec] = {
     "gpt2": TrainSpec(),
     # Measured: width 128 behaves the same (reads the subject by layer 2) at 3x the training time.
     "llama": TrainSpec(arch="llama", width=64, mlp_width=192, steps=1000),
+    # Post-MLP norm (OLMo 2: h + norm(mlp(h)), docs/design.md §5): the llama recipe's shape.
+    "olmo2": TrainSpec(arch="olmo2", width=64, mlp_width=192, steps=1000),
 }
 
 
@@ -112,7 +114,7 @@ def _model_config(spec: TrainSpec, tok: PreTrainedTokenizerBase) -> PretrainedCo
             n_inner=spec.mlp_width, n_positions=max(64, 2 * spec.seq_len),
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common,
         )
-    if spec.arch in ("llama", "mistral", "qwen2"):
+    if spec.arch in ("llama", "mistral", "qwen2", "olmo2"):
         return AutoConfig.for_model(
             spec.arch, hidden_size=spec.width, intermediate_size=spec.mlp_width,
             num_hidden_layers=spec.n_layer, num_attention_heads=spec.heads,
