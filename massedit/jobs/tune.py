@@ -28,8 +28,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from massedit.editing.presets import default_lambda, user_preset_path
-from massedit.editing.registry import method_preset
+from massedit.editing.presets import default_lambda, unknown_model_defaults, user_preset_path
 from massedit.engine.requests import EditRequest
 from massedit.engine.writing import EditError
 from massedit.evals.evaluation import EvalSettings, summarize, unedited_reference
@@ -196,7 +195,11 @@ def tune(
     logger.info("tune %s: layers %s from tracing %d facts", method, list(layers),
                 suggestion.n_facts)
 
-    base = method_preset(method, model, spread=method != "rome").hparams.to_dict()
+    # The start is what a model without a preset gets (its shape's defaults), whatever presets
+    # exist: tune must not borrow a hand-swept preset's numbers. Every trial edits with all of
+    # the start's preset keys, so the file written is exactly what was measured.
+    base = unknown_model_defaults(method, model, spread=method != "rome").to_dict()
+    fixed = {k: base[k] for k in PRESET_KEYS}
     current = {"layers": layers}
     name, strengths = strength_candidates(method, model, grid)
     stages: list[tuple[str, list[dict[str, Any]]]] = []
@@ -214,7 +217,8 @@ def tune(
     def options(overrides: dict[str, Any]) -> StudyOptions:
         return StudyOptions(model=model_label, dataset="tune", out=Path("."),
                             stats_corpus=stats_corpus, stats_tokens=stats_tokens,
-                            overrides=overrides, settings=settings, progress=False)
+                            overrides={**fixed, **overrides}, settings=settings,
+                            progress=False)
 
     combo = Combination(method, batch)
     result = TuneResult(method, model_label, suggestion, base, {}, n_sweep=len(sweep_cases),
