@@ -40,11 +40,12 @@ def test_stats_fill_the_editors_cache_and_list_it(saved, tmp_path, monkeypatch):
 
     model_dir, corpus = saved
     cache = tmp_path / "cache"
-    result = invoke("stats", "--model", model_dir, "--method", "memit", "--corpus", corpus,
-                    "--cache-dir", cache)
+    # Two layers named on both sides (a 4-layer model's shape default is one layer).
+    result = invoke("stats", "--model", model_dir, "--method", "memit", "--layers", "0-1",
+                    "--corpus", corpus, "--cache-dir", cache)
     assert result.exit_code == 0, result.output
     files = _files(cache)
-    assert len(files) == 2 and "computed" in result.output  # memit's default layers (0, 1)
+    assert len(files) == 2 and "computed" in result.output
 
     monkeypatch.setenv("COLUMNS", "200")  # one table row per line
     listed = invoke("stats", "--list", "--cache-dir", cache)
@@ -54,14 +55,14 @@ def test_stats_fill_the_editors_cache_and_list_it(saved, tmp_path, monkeypatch):
     assert cells[1].endswith("/model") and cells[2] == "model.layers.{0-1}.mlp.down_proj"
     assert cells[3].startswith("corpus.txt (") and cells[4] == "9600" and cells[6] == "float32"
 
-    # The editor, with the same (default) options, finds every file and computes nothing.
+    # The editor, with the same options, finds every file and computes nothing.
     def no_pass(*args, **kwargs):
         raise AssertionError("the editor recomputed statistics massedit stats had cached")
 
     monkeypatch.setattr(stats_module, "collect_moments", no_pass)
     model, tok = load_model(str(model_dir))
     editor = Editor(model, tok, method="memit", stats=StatsSpec(corpus=str(corpus),
-                    cache_dir=str(cache)), progress=False, v_num_grad_steps=2)
+                    cache_dir=str(cache)), progress=False, v_num_grad_steps=2, layers=(0, 1))
     patch = editor.edit([EditRequest("{} is located in", "Paris", "Rome", "London")])
     # The patch records the statistics budget it used.
     assert patch.metadata["stats"]["tokens_requested"] == 9600
@@ -73,8 +74,8 @@ def test_stats_fill_the_editors_cache_and_list_it(saved, tmp_path, monkeypatch):
     raw[-16:] = bytes(16)
     files[0].write_bytes(bytes(raw))
     monkeypatch.undo()
-    again = invoke("stats", "--model", model_dir, "--method", "memit", "--corpus", corpus,
-                   "--cache-dir", cache, "--batch-size", "16")
+    again = invoke("stats", "--model", model_dir, "--method", "memit", "--layers", "0-1",
+                   "--corpus", corpus, "--cache-dir", cache, "--batch-size", "16")
     assert again.exit_code == 0, again.output
     assert again.output.count("computed") >= 1 and again.output.count("cached") >= 1
     assert _files(cache) == files
