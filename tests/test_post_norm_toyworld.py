@@ -18,10 +18,10 @@ from __future__ import annotations
 import pytest
 
 from massedit import Editor, StatsSpec
-from massedit.evals.scoring import greedy_continuation
 from massedit.models.adapters import get_adapter
-from massedit.testing.conformance_edits import N_TOY_EDITS, TOY_PRESETS, TOY_SETTINGS
-from massedit.testing.toyworld import TOY_EDIT_LAYERS, toy_accuracy, toy_world_model
+from massedit.testing.conformance_edits import TOY_PRESETS, TOY_SETTINGS
+from massedit.testing.toyworld import TOY_EDIT_LAYERS, toy_accuracy
+from tests.test_toyworld_edits import build_toy
 
 ARCH = "olmo2"
 # ROME at the layer TOY_EDIT_LAYERS names; MEMIT and EMMET spread over layers 0-2 (a single
@@ -46,16 +46,7 @@ BARS = {
 def build_post_norm_toy(workdir, train_seed: int | None = None):
     """The olmo2 toy model, its corpus, the kit's 10 requests, 600 other prompts and their
     answers before any edit."""
-    model, tok, world = toy_world_model(ARCH, train_seed=train_seed)
-    corpus = workdir / "corpus.txt"
-    corpus.write_text(world.corpus_text())
-    requests = world.requests(N_TOY_EDITS, seed=1)
-    edited = {r.subject for r in requests}
-    others = [f for f in world.facts if f["subject"] not in edited][:200]
-    unrelated = [t.format(f["subject"]) for f in others for t in f["templates"]]
-    before = [c.split()[0] if c.split() else ""
-              for c in greedy_continuation(model, tok, unrelated, max_new_tokens=1)]
-    return model, tok, requests, corpus, unrelated, before
+    return build_toy(workdir, train_seed, arch=ARCH, spec=None)
 
 
 def _shares(model, tok, requests, unrelated, before) -> tuple[float, float, float]:

@@ -19,9 +19,11 @@ from massedit.testing.toyworld import WIDE_GPT2_SPEC, toy_accuracy, toy_world_mo
 N_EDITS = N_TOY_EDITS
 
 
-def build_toy(workdir, train_seed: int | None = None):
-    """The wide toy model, its corpus, 10 requests, 600 other prompts and their answers before."""
-    model, tok, world = toy_world_model("gpt2", spec=WIDE_GPT2_SPEC, train_seed=train_seed)
+def build_toy(workdir, train_seed: int | None = None, arch: str = "gpt2",
+              spec=WIDE_GPT2_SPEC):
+    """A toy model (default: the wide GPT-2), its corpus, 10 requests, 600 other prompts and
+    their answers before any edit."""
+    model, tok, world = toy_world_model(arch, spec=spec, train_seed=train_seed)
     corpus = workdir / "corpus.txt"
     corpus.write_text(world.corpus_text())
     requests = world.requests(N_EDITS, seed=1)
