@@ -144,6 +144,16 @@ def test_eval_patch_prepends_the_context_and_apply_is_refused(tmp_path):
         assert abs(float(p) - float(q)) > 1e-6  # the context changed what the model says
     with pytest.raises(ValueError, match=NO_WEIGHTS):
         refuse_in_context_patch(EditPatch.load(tmp_path / "patch"))
+    # The commands that write weights say so before any work (no model folder written).
+    applied = invoke("apply", tmp_path / "patch", "--model", tmp_path / "base",
+                     "--out", tmp_path / "merged")
+    assert applied.exit_code == 1 and NO_WEIGHTS in " ".join(applied.output.split())
+    assert not (tmp_path / "merged").exists()
+    (tmp_path / "facts.csv").write_text("prompt,subject,target_new\nThe {} is in,Paris,Rome\n")
+    saved = invoke("edit", "--model", tmp_path / "base", "--method", "ike", "--edits",
+                   tmp_path / "facts.csv", "--out", tmp_path / "run", "--save-model")
+    assert saved.exit_code == 1 and NO_WEIGHTS in " ".join(saved.output.split())
+    assert not (tmp_path / "run").exists()
     refuse_in_context_patch(EditPatch())  # a patch of weights is not refused
     from massedit.baselines.ike import is_in_context_method
     from massedit.editing.registry import get_method

@@ -100,6 +100,12 @@ def check_options(opts: EditOptions) -> None:
     from massedit.editing.registry import get_distribution, get_objective, hparams_class
 
     settings = hparams_class(opts.method)  # also fails for an unknown method
+    if opts.save_model:
+        from massedit.baselines.ike import NO_WEIGHTS, is_in_context_method
+        from massedit.editing.registry import get_method
+
+        if is_in_context_method(get_method(opts.method)):
+            raise ValueError(f"--save-model with method {opts.method!r}: {NO_WEIGHTS}")
     if opts.objective:
         get_objective(opts.objective)
     if opts.distribution:

@@ -45,6 +45,7 @@ def apply_patch(run: str | Path, model_name: str, out: str | Path, *, dtype: str
                 push_to_hub: str | None = None, private: bool = True) -> Path:
     """Load the base model, write the patch into it and save the result to ``out`` with a model
     card (docs/design.md §14); with ``push_to_hub`` upload that folder too."""
+    from massedit.baselines.ike import refuse_in_context_patch
     from massedit.hub import check_repo_id, push_folder
     from massedit.jobs.cards import patch_card
 
@@ -52,6 +53,7 @@ def apply_patch(run: str | Path, model_name: str, out: str | Path, *, dtype: str
         check_repo_id(push_to_hub)  # a malformed id fails before any work
     ensure_new_output(out)
     patch = load_patch(run)
+    refuse_in_context_patch(patch)  # IKE: nothing to write into weights (docs/design.md §4)
     card = patch_card(patch, kind="model", run=run, card_facts=card_facts)
     model, tok = _load(model_name, dtype, device_map)
     patch.apply(model)  # refuses a model other than the patch's base
