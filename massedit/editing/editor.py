@@ -26,8 +26,9 @@ from massedit.engine.problem import BatchPlan, LayerProblem
 from massedit.engine.requests import EditRequest, as_requests, requests_digest
 from massedit.engine.tokens import Encoded, encode_target
 from massedit.engine.writing import EditError as EditError  # re-exported: massedit.EditError
-from massedit.engine.writing import write_update
+from massedit.engine.writing import check_sites_on_device, write_update
 from massedit.models.adapters import get_adapter, get_module, read_weight
+from massedit.models.placement import input_device
 from massedit.stats.cache import model_identity
 from massedit.stats.moments import StatsSpec, get_moments
 from massedit.targets.optimise import TargetResult, compute_targets
@@ -207,6 +208,7 @@ class Editor:
         batches of ``batch_size``: a request that does not tokenise (ValueError), or a batch the
         objective says it cannot solve (:class:`EditError`, e.g. EMMET with more keys than the
         site's input width; the objective's optional ``check_batch``)."""
+        check_sites_on_device(self.model, [self.adapter.site_name(layer) for layer in self.layers])
         reqs = as_requests(requests)
         rows = self._validate(reqs)
         check = getattr(self.objective, "check_batch", None)
@@ -368,7 +370,7 @@ class Editor:
         keys = [(requests_digest([r]), *shared) for r in reqs]
         missing = [i for i, key in enumerate(keys) if key not in self.target_cache]
         stored = {i: self._store_key(keys[i]) for i in missing} if self.target_store else {}
-        device = next(self.model.parameters()).device
+        device = input_device(self.model)  # where the targets' rows live (§12)
         loaded = set()
         for i, name in stored.items():
             found = self.target_store.get(name, device)

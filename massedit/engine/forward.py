@@ -6,11 +6,13 @@ import inspect
 
 import torch
 
+from massedit.models.placement import input_device
+
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    """Where the model's inputs go (its first parameter's device unless it says otherwise)."""
-    device = getattr(model, "device", None)
-    return device if isinstance(device, torch.device) else next(model.parameters()).device
+    """Where the model's inputs go: its input embedding's execution device (docs/design.md §12;
+    ``model.device`` is the first parameter's, ``meta`` when the embedding is offloaded)."""
+    return input_device(model)
 
 
 def forward_kwargs(model: torch.nn.Module) -> tuple[bool, str | None]:

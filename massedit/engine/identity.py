@@ -29,6 +29,7 @@ import torch
 from massedit.engine.patch import EditPatch, weight_digest
 from massedit.engine.problem import Delta
 from massedit.models.adapters import get_adapter, get_module
+from massedit.models.placement import stored_tensor
 
 MEMO = "_massedit_identity"  # attribute on the parameter: ((data_ptr, _version), identity)
 
@@ -80,7 +81,9 @@ def record_write(param: torch.Tensor, before: str, delta: Delta) -> str:
 
 
 def site_parameter(model, site: str) -> torch.Tensor:
-    return get_module(model, site).weight
+    """The site's weight; for an offloaded site (never written: docs/design.md §12) its stored
+    copy, as the meta parameter has no bytes to hash."""
+    return stored_tensor(get_module(model, site))
 
 
 def weights_identity(model, *, memo: bool = True) -> str:

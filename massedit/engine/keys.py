@@ -16,6 +16,7 @@ import torch
 from massedit.engine.hooks import capture, run_until, stop_after
 from massedit.engine.requests import EditRequest
 from massedit.engine.tokens import Encoded, encode_with_subject, pad_id_of, pad_right
+from massedit.models.placement import input_device
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,14 @@ def subject_states(
     """For each read, a (n_requests, dim) fp32 tensor. The pass ends after module ``stop_at``."""
     rows = encode_rows(tok, requests, prefixes, keep_eos=model.config.is_encoder_decoder)
     n_t = len(prefixes)
-    device = next(model.parameters()).device
+    device = input_device(model)  # not the first parameter's: on meta when offloaded (§12)
     pad = pad_id_of(tok)
     gathered: list[list[torch.Tensor]] = [[] for _ in reads]
     names = list(dict.fromkeys(r.name for r in reads))
     for lo in range(0, len(rows), batch_rows):
         chunk = rows[lo : lo + batch_rows]
         batch = pad_right([r.ids for r in chunk], pad, device)
-        pos = torch.tensor([r.subject_last for r in chunk], device=device)  # (b,)
-        arange = torch.arange(len(chunk), device=device)
+        pos = torch.tensor([r.subject_last for r in chunk])  # (b,)
         with (
             capture(
                 model,
@@ -78,7 +78,11 @@ def subject_states(
             run_until(model, batch)
         for j, read in enumerate(reads):
             full = (seen_in if read.inputs else seen_out)[read.name]  # (b, seq, dim)
-            gathered[j].append(full[arange, pos].float())  # (b, dim)
+            # Indexed on the state's own device (a split model's layer j is on device j), and
+            # gathered on the input device, where the caller's other tensors are.
+            at = pos.to(full.device)
+            picked = full[torch.arange(len(chunk), device=full.device), at]  # (b, dim)
+            gathered[j].append(picked.float().to(device))
     out = []
     for j, read in enumerate(reads):
         states = torch.cat(gathered[j]).view(len(requests), n_t, -1)  # (n, T, dim)

@@ -18,6 +18,7 @@ from massedit.engine.hparams import EditHparams
 from massedit.engine.patch import EditPatch, SiteDelta, patched_weight
 from massedit.engine.problem import Delta, SecondMoment
 from massedit.models.adapters import Layout, get_module, read_weight, write_weight
+from massedit.models.placement import offloaded_modules
 from massedit.version import library_versions
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,21 @@ def output_change(d: torch.Tensor, weight: torch.Tensor, moment: SecondMoment,
     return float((change / size.clamp_min(1e-300)).sqrt())
 
 
+def check_sites_on_device(model, sites: list[str]) -> None:
+    """Refuse, before any work, edit sites whose weights are offloaded (accelerate's CPU or disk
+    offload keeps them on ``meta`` between forward passes; a write there would change nothing
+    the next pass reads, docs/design.md §12). The message names the modules to keep on a
+    device in the ``device_map``."""
+    offloaded = offloaded_modules(model, sites)
+    if offloaded:
+        where = ", ".join(f'"{site}": 0' for site in offloaded)
+        raise EditError(
+            f"cannot edit: the edit site(s) {', '.join(offloaded)} are offloaded (weights on the "
+            "meta device, loaded only during a forward pass), and an edit must write into them; "
+            f"keep them on a device, e.g. add {{{where}}} (or \"cpu\" with no GPU) to the "
+            "device_map, or give the GPUs more max_memory so that no edit layer is offloaded")
+
+
 def write_update(model, site: str, layer: int, layout: Layout, delta: Delta, patch: EditPatch,
                  max_update_ratio: float, moment: SecondMoment | None = None,
                  ridge: float = 0.0) -> float:
@@ -96,6 +112,7 @@ def write_update(model, site: str, layer: int, layout: Layout, delta: Delta, pat
     original weight first, so ``patch.revert`` undoes this write too). Returns the update's
     size ‖ΔW‖ / ‖W‖; raises :class:`EditError`, with nothing written, when the guard refuses
     it."""
+    check_sites_on_device(model, [site])  # a meta weight would take the write and drop it
     module = get_module(model, site)
     weight = read_weight(module, layout)  # (d_out, d_in), a view of the parameter
     ratio = check_update(delta, weight, site, max_update_ratio, moment, ridge)

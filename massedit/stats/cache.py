@@ -24,6 +24,7 @@ from safetensors import safe_open
 from massedit.atomic import write_safetensors_atomic as write_safetensors_atomic  # re-export
 from massedit.data.corpus import corpus_id
 from massedit.engine.problem import SecondMoment
+from massedit.models.placement import stored_tensor
 
 logger = logging.getLogger(__name__)
 # 2: one row per text (with the tokenizer's special tokens, as edit keys have them), texts longer
@@ -62,7 +63,7 @@ def model_identity(model) -> str:
     if name and revision and not Path(name).exists():
         return f"{name}@{revision}"
     h = hashlib.sha256(json.dumps(cfg.to_diff_dict(), sort_keys=True, default=str).encode())
-    emb = model.get_input_embeddings().weight.detach()
+    emb = stored_tensor(model.get_input_embeddings()).detach()  # offloaded: its stored copy
     h.update(emb.float().cpu().numpy().tobytes())
     return f"local:{h.hexdigest()[:16]}"
 

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from massedit.engine.hooks import capture, run_until, stop_after
 from massedit.engine.problem import SecondMoment
 from massedit.models.adapters import get_module
+from massedit.models.placement import execution_device, input_device
 from massedit.stats.cache import StatsSpec
 from massedit.stats.checkpoint import Checkpointer, PassProgress
 from massedit.stats.distributed import Dist
@@ -180,7 +181,7 @@ class _SiteSums:
         self.blocks: dict[str, list[tuple[int, int]]] = {}
         for site in sites:
             module = get_module(model, site)
-            d_in, device = _site_width(module), next(module.parameters()).device
+            d_in, device = _site_width(module), execution_device(module)  # §12: split models
             self.sums[site] = torch.zeros(d_in, d_in, dtype=dtype, device=device)
             self.blocks[site] = row_blocks(d_in)
 
@@ -218,7 +219,7 @@ def collect_moments(
     from massedit.engine.tokens import pad_id_of
 
     dist = dist or Dist()
-    device = next(model.parameters()).device
+    device = input_device(model)
     max_length = min(spec.max_length, model_max_length(model))
     m = TEXTS_PER_BATCH * spec.batch_size
     state = PassProgress(rank_tokens=[0] * dist.world)

@@ -26,6 +26,7 @@ from massedit.engine.hooks import frozen_parameters
 from massedit.engine.hparams import EditHparams
 from massedit.engine.requests import EditRequest
 from massedit.engine.tokens import encode_target, encode_with_subject
+from massedit.models.placement import input_device
 from massedit.targets.passes import GroupPass
 from massedit.targets.rows import build_rows
 
@@ -119,7 +120,7 @@ def compute_targets(
     request in one call, so that groups are formed from all of them.
     """
     groups = target_groups(tok, requests, len(prefixes), hp.target_rows or hp.batch_rows)
-    device = next(model.parameters()).device
+    device = input_device(model)  # where δ and the rows live (§12)
     bar = tqdm(total=len(groups) * hp.v_num_grad_steps, desc="targets", disable=not progress,
                leave=False)
     parts = []
@@ -146,7 +147,7 @@ def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> 
     """Adam on one group's δ until every request stops or the steps run out."""
     r, n = group.rows, group.n_requests
     model = group.model
-    device = next(model.parameters()).device
+    device = input_device(model)  # where δ and the rows live (§12)
     d_model = model.get_output_embeddings().weight.shape[1]
     delta = torch.zeros(n, d_model, device=device, requires_grad=True)  # (n, d_model)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)

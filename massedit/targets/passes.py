@@ -45,8 +45,11 @@ def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _picked_logits(model, hidden: torch.Tensor, picks) -> list[torch.Tensor]:
-    """Decoder-only: LM-head logits of ``hidden`` (rows, seq, d) at each pick."""
-    return [head_logits(model, hidden[rows, pos]) for rows, pos in picks]
+    """Decoder-only: LM-head logits of ``hidden`` (rows, seq, d) at each pick, on the picks'
+    device (the head may sit on another device than the rows, docs/design.md §12)."""
+    at = hidden.device
+    return [head_logits(model, hidden[rows.to(at), pos.to(at)]).to(rows.device)
+            for rows, pos in picks]
 
 
 def _selected_logits(model, batch: dict, picks) -> list[torch.Tensor]:
@@ -55,7 +58,8 @@ def _selected_logits(model, batch: dict, picks) -> list[torch.Tensor]:
     final_logits_bias); their decoder sequences are short, so full logits cost little."""
     if model.config.is_encoder_decoder:
         logits = model(**batch, use_cache=False).logits  # (rows, dec_len, vocab)
-        return [logits[rows, pos].float() for rows, pos in picks]
+        return [logits[rows.to(logits.device), pos.to(logits.device)].float().to(rows.device)
+                for rows, pos in picks]
     hidden = model.base_model(**batch, use_cache=False).last_hidden_state  # (rows, seq, d)
     return _picked_logits(model, hidden, picks)
 
@@ -69,7 +73,7 @@ def _logits_and_cache(model, batch: dict, picks) -> tuple[list[torch.Tensor], ob
 def _at_first_slot(value: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """``delta`` (rows, d) placed at slot 0 of every row of a zero tensor shaped like ``value``."""
     upd = torch.zeros_like(value)  # (rows, S, d)
-    upd[:, 0] = delta.to(value.dtype)
+    upd[:, 0] = delta.to(value.device, value.dtype)
     return upd
 
 
@@ -118,11 +122,13 @@ class GroupPass:
         captured: dict[str, torch.Tensor] = {}
 
         def add_delta(out):
+            # Block L's output is on block L's device; δ and the rows on the input device.
             ar = torch.arange(out.shape[0], device=out.device)
+            subj = r.subj_pos.to(out.device)
             if "h" not in captured:
-                captured["h"] = out[ar, r.subj_pos].detach().float()  # (rows, d)
+                captured["h"] = out[ar, subj].detach().float().to(delta.device)  # (rows, d)
             upd = torch.zeros_like(out)
-            upd[ar, r.subj_pos] = delta[r.row_req].to(out.dtype)
+            upd[ar, subj] = delta[r.row_req].to(out.device, out.dtype)
             return out + upd
 
         if self.replay and self.recorded:
@@ -149,7 +155,7 @@ class GroupPass:
         self.recorded = dict(rec)
         block_out = first_output(self.recorded[self.layer])  # (rows, T, d)
         h = block_out[torch.arange(block_out.shape[0], device=block_out.device),
-                      r.subj_pos].float()  # (rows, d) block-L output at the subject, δ = 0
+                      r.subj_pos.to(block_out.device)].float().to(delta.device)  # (rows, d) δ = 0
         self.plan = self._suffix_plan(cache)
         del cache  # the plan keeps the prefixes' part; the full rows' cache goes now
         if self.plan is not None:

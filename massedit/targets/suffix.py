@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from massedit.models.placement import input_device
+
 Picks = list[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -53,7 +55,7 @@ class SuffixPlan:
             picks.append((renumber[rows[survives]], pos[survives]))
             kept.append(survives)
         plan = SuffixPlan(
-            cache=map_cache(self.cache, lambda kv: kv[keep]),
+            cache=map_cache(self.cache, lambda kv: kv[keep.to(kv.device)]),
             batch={name: value[keep] for name, value in self.batch.items()},
             take=self.take[keep], picks=picks, prefix_len=self.prefix_len,
             full_len=self.full_len, row_index=keep.nonzero()[:, 0],
@@ -118,8 +120,10 @@ def plan_suffix(
     prefix_real = source >= 0
 
     def left_pad(kv: torch.Tensor) -> torch.Tensor:  # (rows, h, T, d) -> (rows, h, P, d)
+        # Each layer's cache is on that layer's device (docs/design.md §12).
         index = source.clamp(min=0)[:, None, :, None].expand(-1, kv.shape[1], -1, kv.shape[3])
-        return kv.detach().gather(2, index) * prefix_real[:, None, :, None].to(kv.dtype)
+        real = prefix_real[:, None, :, None].to(kv.device, kv.dtype)
+        return kv.detach().gather(2, index.to(kv.device)) * real
 
     suffix_batch = {
         "input_ids": batch["input_ids"].gather(1, take),
@@ -160,7 +164,7 @@ def _grouped_attention(model) -> Iterator[None]:
     with 3 of SmolLM2's 9 heads per key that was the largest part of a step's memory. GPUs keep
     transformers' choice (their masked kernels may not take grouped heads). A value the user set
     is left alone; the first step's check against the full pass covers the result."""
-    if next(model.parameters()).device.type != "cpu" or _GQA_SWITCH in os.environ:
+    if input_device(model).type != "cpu" or _GQA_SWITCH in os.environ:
         yield
         return
     os.environ[_GQA_SWITCH] = "1"
@@ -184,6 +188,6 @@ def block_value(plan: SuffixPlan, full_output: torch.Tensor) -> torch.Tensor:
     """Block ``L``'s recorded full-row output (rows, T, d) at the suffix slots: (rows, S, d);
     the subject token is slot 0 of every row."""
     if plan.row_index is not None:
-        full_output = full_output[plan.row_index]
+        full_output = full_output[plan.row_index.to(full_output.device)]
     index = plan.take[:, :, None].expand(-1, -1, full_output.shape[-1])
-    return full_output.gather(1, index)
+    return full_output.gather(1, index.to(full_output.device))

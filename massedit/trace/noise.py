@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from massedit.models.adapters import get_adapter, get_module
+from massedit.models.placement import execution_device
 
 
 def parse_noise(spec: str | float) -> tuple[float, bool]:
@@ -41,7 +42,7 @@ def embedding_std(model, tok, subjects: Sequence[str], embed_name: str | None = 
     if not ids:
         raise ValueError("trace: the subjects have no tokens to measure the noise scale on")
     embed = get_module(model, embed_name or get_adapter(model).embed)
-    device = embed.weight.device if hasattr(embed, "weight") else None
+    device = execution_device(embed)  # not its weight's: on meta when offloaded (§12)
     vectors = embed(torch.tensor(ids, device=device))  # (n_ids, d)
     return float(vectors.float().std())
 
