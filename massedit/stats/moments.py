@@ -15,8 +15,10 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict
 
+from massedit.atomic import entry_lock
 from massedit.data.corpus import DEFAULT_CORPUS, corpus_id, iter_texts
 from massedit.data.embedded import WIKITEXT_EXCERPT
 from massedit.data.locations import cache_root
@@ -104,6 +106,32 @@ def get_moments(
     dist = detect_dist()
     fps = {layer: fingerprint(model, adapter.site_name(layer), spec, corpus, tokens)
            for layer in layers}
+    with ExitStack() as held:
+        if dist.is_main:
+            _lock_missing(held, root, fps)
+        dist.barrier()  # every process looks at the cache once the main one holds the locks
+        return _cached_or_computed(model, tok, layers, spec, corpus, tokens, fps, root, dist,
+                                   progress, require_cache)
+
+
+def _lock_missing(held: ExitStack, root, fps: dict[int, dict]) -> None:
+    """One writer per statistics file (docs/design.md §12): hold the lock of every file this run
+    may write (in path order, so two runs wanting overlapping sets cannot deadlock) while it
+    looks, computes and writes; another run wanting one of them waits, then finds it cached.
+    The run's other processes follow the main one through barriers and need no lock."""
+    paths = sorted({cache_path(root, fp) for fp in fps.values()})
+    for path in paths:
+        if path.exists():
+            continue
+        try:
+            held.enter_context(entry_lock(path, what=f"statistics {path.name}"))
+        except OSError as err:  # an unwritable cache: computed, not stored, so nothing to guard
+            logger.debug("statistics lock %s not taken: %s", path, err)
+            return
+
+
+def _cached_or_computed(model, tok, layers, spec, corpus, tokens, fps, root, dist: Dist,
+                        progress, require_cache) -> tuple[dict[int, SecondMoment], dict]:
     found: dict[int, SecondMoment] = {}
     for layer in layers:
         moment = load_cached(cache_path(root, fps[layer]), fps[layer])

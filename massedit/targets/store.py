@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from massedit.atomic import entry_lock
 from massedit.data.locations import cache_root
 from massedit.stats.cache import checksum, write_safetensors_atomic
 from massedit.targets.optimise import CachedTarget
@@ -81,8 +82,13 @@ class TargetStore:
         meta = {"key": key, "seconds": repr(float(target.seconds)),
                 "checksum": checksum(tensors, key, float(target.seconds)),
                 "format": str(STORE_FORMAT)}
+        path = self.path(key)
         try:
-            write_safetensors_atomic(self.path(key), tensors, meta)
+            # One writer per file (docs/design.md §12): a process that stored the same target
+            # meanwhile (same key: same request, weights and settings) leaves nothing to write.
+            with entry_lock(path, what=f"target {key[:12]}"):
+                if self.get(key) is None:
+                    write_safetensors_atomic(path, tensors, meta)
         except OSError as err:
             if not self._unwritable_reported:
                 logger.warning("target store %s is not writable (%s): targets are computed "

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from massedit.atomic import atomic_dir
+from massedit.atomic import atomic_dir, entry_lock
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,26 @@ def train_and_cache(
     save both to ``path`` with ``marker`` (JSON of ``meta``, the training fingerprint and the
     report) written last, so a half-written folder never counts as cached. A process that loses
     the race to cache the same model uses the winner's copy."""
+    # One writer per cached model (docs/design.md §12): a process that finds it being trained
+    # waits, then loads the other's copy instead of training it again.
+    with entry_lock(path, what=f"training {path.name}"):
+        if (path / marker).is_file():
+            return _load_cached(path)
+        return _train_and_save(path, marker, train, meta)
+
+
+def _load_cached(path: Path) -> tuple[Any, Any]:
+    """The model and tokenizer another process cached at ``path`` (eval mode)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    seq2seq = AutoConfig.from_pretrained(path).is_encoder_decoder
+    cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    model = cls.from_pretrained(path, dtype=torch.float32, use_safetensors=True).eval()
+    log.info("loaded the model another process cached in %s", path)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _train_and_save(path: Path, marker: str, train, meta: dict) -> tuple[Any, Any]:
     with reproducible_training():
         model, tok, report = train()
     with atomic_dir(path, complete_marker=marker) as tmp:  # a lost race uses the winner's copy
