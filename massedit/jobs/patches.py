@@ -12,6 +12,7 @@ from functools import reduce
 from pathlib import Path
 
 from massedit.engine.patch import EditPatch, patched_weight
+from massedit.jobs.patch_checks import check_follows, check_patch_fits
 from massedit.jobs.runs import ensure_new_output, save_pretrained_atomic
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def apply_patch(run: str | Path, model_name: str, out: str | Path, *, dtype: str
     refuse_in_context_patch(patch)  # IKE: nothing to write into weights (docs/design.md §4)
     card = patch_card(patch, kind="model", run=run, card_facts=card_facts)
     model, tok = _load(model_name, dtype, device_map)
+    check_patch_fits(patch, model, patch_dir(run))  # sites and shapes, before any write
     patch.apply(model)  # refuses a model other than the patch's base
     path = save_pretrained_atomic(model, tok, out, card=card)
     if push_to_hub:
@@ -91,6 +93,7 @@ def revert_patch(run: str | Path, model_name: str, out: str | Path, *, dtype: st
     ensure_new_output(out)
     patch = load_patch(run)
     model, tok = _load(model_name, dtype, device_map)
+    check_patch_fits(patch, model, patch_dir(run))
     check_edited(patch, model)
     patch.revert(model)
     return save_pretrained_atomic(model, tok, out)
@@ -99,7 +102,12 @@ def revert_patch(run: str | Path, model_name: str, out: str | Path, *, dtype: st
 def merge_patches(runs: Sequence[str | Path], out: str | Path) -> Path:
     """One patch that applies ``runs`` in order (each made on the model the previous one left)."""
     if len(runs) < 2:
-        raise ValueError("merge needs at least two patches")
+        raise ValueError(f"merge needs at least two patches, got {len(runs)}"
+                         + (f" ({runs[0]})" if runs else ""))
     ensure_new_output(out)
-    merged = reduce(EditPatch.merge, [load_patch(r) for r in runs])
+    patches = [load_patch(r) for r in runs]
+    for i in range(1, len(patches)):  # each made on the model the ones before it left
+        check_follows(reduce(EditPatch.merge, patches[:i]), patches[i],
+                      " + ".join(str(patch_dir(r)) for r in runs[:i]), patch_dir(runs[i]))
+    merged = reduce(EditPatch.merge, patches)
     return merged.save(out)

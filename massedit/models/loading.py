@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from massedit.atomic import atomic_dir, entry_lock
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
+ALLOW_PICKLE_ENV = "MASSEDIT_ALLOW_PICKLE"  # "1": load pickled weights too (the user trusts them)
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HUB_EQUIVALENT = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -95,11 +97,15 @@ def load_model(
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    allow_pickle: bool | None = None,
 ):
     """Load ``(model, tokenizer)`` from the hub, a local folder, or the embedded default.
 
     Encoder-decoder configs give ``AutoModelForSeq2SeqLM``, others ``AutoModelForCausalLM``.
     ``device_map="auto"`` spreads a large model over the available GPUs (accelerate).
+    Weights are read from safetensors only: pickled ``.bin``/``.pt`` files can run code when
+    loaded, so they are refused unless the user asks (``allow_pickle=True``, or
+    ``$MASSEDIT_ALLOW_PICKLE=1`` for the commands; docs/design.md §12).
     """
     from transformers import (
         AutoConfig,
@@ -117,8 +123,20 @@ def load_model(
 
     get_adapter(config)  # unknown architectures fail here, with instructions
     cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model = cls.from_pretrained(path, dtype=dtype, device_map=device_map, revision=revision,
-                                trust_remote_code=trust_remote_code)
+    if allow_pickle is None:
+        allow_pickle = os.environ.get(ALLOW_PICKLE_ENV, "") not in ("", "0")
+    try:
+        model = cls.from_pretrained(path, dtype=dtype, device_map=device_map, revision=revision,
+                                    trust_remote_code=trust_remote_code,
+                                    use_safetensors=None if allow_pickle else True)
+    except OSError as err:
+        if allow_pickle or "safetensors" not in str(err):
+            raise
+        raise OSError(
+            f"{name_or_path} has no safetensors weights; massedit does not load pickled weights "
+            "(.bin), which can run code when loaded. If you trust them, set "
+            f"{ALLOW_PICKLE_ENV}=1 (load_model(..., allow_pickle=True)), or convert them once "
+            f"with save_pretrained ({err})") from None
     model.eval()
     model.requires_grad_(False)
     tok = AutoTokenizer.from_pretrained(path, revision=revision,
