@@ -142,3 +142,18 @@ def test_an_offloaded_edit_site_is_refused_before_any_work(tmp_path, tiny_corpus
     with pytest.raises(EditError, match=rf"{site}.*offloaded.*keep them on a device"):
         editor.edit(REQUESTS)
     assert all(torch.equal(p, before[n]) for n, p in split.state_dict().items() if n in before)
+
+
+def test_a_patch_for_offloaded_sites_is_refused_before_any_write(tmp_path, tiny_corpus):
+    """``massedit apply``/``revert`` on a model whose edit sites are offloaded: refused, naming
+    the sites (a write into a meta weight would be silently dropped)."""
+    from massedit.jobs.patch_checks import PatchError, check_patch_fits
+
+    whole, split, tok, _ = _split("llama", tmp_path, on_disk={"model.layers.2"})
+    stats = StatsSpec(corpus=str(tiny_corpus), cache_dir=str(tmp_path / "stats"))
+    patch = Editor(whole, tok, method="memit", stats=stats, progress=False, **FAST).edit(
+        REQUESTS[:1])
+    site = get_adapter(whole).site_name(2)
+    with pytest.raises(PatchError, match=rf"site\(s\) {site} are offloaded"):
+        check_patch_fits(patch, split, "PATCH")
+    check_patch_fits(patch, whole, "PATCH")  # the same patch fits the model in one piece

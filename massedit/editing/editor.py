@@ -22,7 +22,7 @@ from massedit.engine.keys import Read, encode_rows, subject_states
 from massedit.engine.linalg import SingularProblemError, gram_products
 from massedit.engine.patch import EditPatch
 from massedit.engine.post_norm import site_residual
-from massedit.engine.problem import BatchPlan, LayerProblem
+from massedit.engine.problem import BatchPlan, LayerProblem, SecondMoment
 from massedit.engine.requests import EditRequest, as_requests, requests_digest
 from massedit.engine.tokens import Encoded, encode_target
 from massedit.engine.writing import EditError as EditError  # re-exported: massedit.EditError
@@ -149,7 +149,11 @@ class Editor:
             spec = self._resolved_stats_spec()
             found, record = get_moments(self.model, self.tok, missing, spec,
                                         self.stats_tokens(spec.corpus), self.progress)
-            self._moments.update(found)
+            # Solves run where the keys are, the input device (a cached moment is read onto
+            # the CPU, a fresh one is on its site's device; docs/design.md §12).
+            device = input_device(self.model)
+            self._moments.update({layer: SecondMoment(m.total.to(device), m.count)
+                                  for layer, m in found.items()})
             self._stats_record = record
         return self._moments
 

@@ -56,7 +56,8 @@ def check_update(delta: Delta, weight: torch.Tensor, site: str, max_update_ratio
     d = delta.matrix()  # (d_out, d_in)
     if not torch.isfinite(d).all():
         raise EditError(f"update at {site} has non-finite values; the edit was stopped")
-    ratio = float(d.norm() / weight.detach().float().norm().clamp_min(1e-12))
+    # As floats: ΔW is on the keys' device, W on its own (another GPU in a split model).
+    ratio = float(d.norm()) / max(float(weight.detach().float().norm()), 1e-12)
     if ratio <= max_update_ratio:
         return ratio
     if moment is None:

@@ -15,6 +15,7 @@ import torch
 
 from massedit.engine.patch import EditPatch, patched_weight
 from massedit.models.adapters import read_weight
+from massedit.models.placement import offloaded_modules
 
 
 class PatchError(ValueError):
@@ -45,6 +46,10 @@ def check_patch_fits(patch: EditPatch, model, source: str | Path) -> None:
         if want and tuple(original.shape) != want:
             problems.append(f"the original weight of {site!r} is {tuple(original.shape)} but "
                             f"the weight there is {want}")
+    offloaded = offloaded_modules(model, [site for site, shape in shapes.items() if shape])
+    if offloaded:  # a write into a meta weight would be dropped (docs/design.md §12)
+        problems.append(f"site(s) {', '.join(offloaded)} are offloaded (weights on the meta "
+                        "device); keep them on a device in the --device-map")
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise PatchError(f"{source}: the patch does not fit the model (was patch.json edited "
