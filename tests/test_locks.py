@@ -162,6 +162,11 @@ def test_a_second_process_on_a_live_run_folder_is_refused(tmp_path):
     assert not list(run.glob(".*"))  # the lock is beside the folder, not in it
     first.close()
     assert not (tmp_path / ".run.lock").exists()  # released and removed
+    # A finished run frees its folder at once (a re-run elsewhere only reads it).
+    again = RunDir.open(run, "edit", {"a": 1}, "key")
+    assert (tmp_path / ".run.lock").exists()
+    again.mark_finished()
+    assert not (tmp_path / ".run.lock").exists()
 
 
 EMBEDDED = """

@@ -120,11 +120,13 @@ class RunDir:
                            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         write_json_atomic(self.path / RUN_FILE, self.record)
         shutil.rmtree(self.path / CHECKPOINTS, ignore_errors=True)
+        self.close()  # nothing more is written: another process may read or extend it now
 
     def discard_if_empty(self) -> None:
         """Remove a folder this process created when it holds nothing worth resuming from."""
         if self.created and not self.finished and not any((self.path / CHECKPOINTS).glob("b*")):
             shutil.rmtree(self.path, ignore_errors=True)
+            self.close()
 
     # ---- checkpoints of sequential batches -------------------------------------------------
     def save_checkpoint(self, patch: EditPatch, batches_done: int, requests_done: int,
