@@ -17,6 +17,7 @@ from accelerate import dispatch_model
 
 from evals.scoring import score_targets
 from massedit import EditError, Editor, StatsSpec
+from massedit.engine.context import model_prefixes
 from massedit.models.adapters import get_adapter, get_module
 from massedit.models.placement import input_device, is_offloaded
 from massedit.stats.passes import collect_moments
@@ -115,6 +116,11 @@ def test_statistics_trace_and_scores_of_a_split_model_equal_the_whole_model(mode
     for kind in kwargs["kinds"]:
         torch.testing.assert_close(t_got.kinds[kind].scores, t_ref.kinds[kind].scores,
                                    rtol=1e-5, atol=1e-6)
+
+    # Context prefixes sampled from the model (context_source="model"): the same samples.
+    lengths = ((2, 3),)
+    assert model_prefixes(split, tok, lengths, seed=0) == model_prefixes(whole, tok, lengths,
+                                                                         seed=0)
 
     prompts = ["The mother tongue of Danielle Darrieux is", "Michael Jordan plays"]
     targets = ["English", "football"]

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from massedit.models.placement import input_device
+
 
 def corpus_prefixes(
     texts: Sequence[str], lengths: Sequence[tuple[int, int]], seed: int
@@ -35,7 +37,7 @@ def corpus_prefixes(
 def model_prefixes(model, tok, lengths: Sequence[tuple[int, int]], seed: int) -> list[str]:
     """The reference's way: sample ``count`` continuations of "The" of ``n`` tokens each."""
     out = [""]
-    device = next(model.parameters()).device
+    device = input_device(model)  # not the first parameter's: meta when offloaded (§12)
     torch.manual_seed(seed)
     for count, n_tokens in lengths:
         batch = tok(["The"] * count, return_tensors="pt").to(device)
