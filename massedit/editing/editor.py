@@ -212,7 +212,8 @@ class Editor:
         batches of ``batch_size``: a request that does not tokenise (ValueError), or a batch the
         objective says it cannot solve (:class:`EditError`, e.g. EMMET with more keys than the
         site's input width; the objective's optional ``check_batch``)."""
-        check_sites_on_device(self.model, [self.adapter.site_name(layer) for layer in self.layers])
+        if self.whole is None:  # whole editors may write nothing (IKE): checked as they write
+            check_sites_on_device(self.model, [self.adapter.site_name(i) for i in self.layers])
         reqs = as_requests(requests)
         rows = self._validate(reqs)
         check = getattr(self.objective, "check_batch", None)
