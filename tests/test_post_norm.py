@@ -223,10 +223,13 @@ def test_exact_edit_moves_the_block_output_to_the_target(model_type, method, n, 
     layer, reqs = 2, REQUESTS[:n]
     z, h = _reachable_targets(model, tok, reqs, layer)
 
-    def fixed_targets(_model, _tok, requests, *_args, **_kwargs):
+    def fixed_targets(_model, _tok, requests, *_args, on_group_done=None, **_kwargs):
         rows = [reqs.index(r) for r in requests]
-        return TargetResult(z=z[rows], h=h[rows], nll=torch.zeros(len(rows)),
-                            steps=torch.zeros(len(rows), dtype=torch.long))
+        result = TargetResult(z=z[rows], h=h[rows], nll=torch.zeros(len(rows)),
+                              steps=torch.zeros(len(rows), dtype=torch.long))
+        if on_group_done is not None:  # the Editor keeps targets as each group is done
+            on_group_done(list(range(len(requests))), result)
+        return result
 
     monkeypatch.setattr(editor_module, "compute_targets", fixed_targets)
     editor = Editor(model, tok, method=method, layers=(layer,), mu=0.0, context_lengths=(),

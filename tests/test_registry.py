@@ -285,7 +285,10 @@ def test_plugin_presets_use_the_method_hparams_class(plugins):
     assert type(preset.hparams).__name__ == "KnobHparams"
     assert (preset.hparams.extra_knob, preset.hparams.mu) == (7.5, 0.25)
     assert preset.source == "plug_preset_presets/default.yaml"
-    assert preset.hparams.layers == (0, 1)  # depth-based defaults for a model without a preset
+    from massedit.editing.presets import default_layers
+
+    # Shape-based defaults for a model without a preset.
+    assert preset.hparams.layers == default_layers(True, model.config.num_hidden_layers)
     assert registry.hparams_class("knob") is type(preset.hparams)
     builtin = registry.method_preset("memit", model, spread=True)
     assert type(builtin.hparams).__name__ == "EditHparams" and builtin.source == "memit/default"
