@@ -278,9 +278,13 @@ def run_report(args) -> None:
     for method, points in streams.items():
         falls = retention_falls(points)
         reached = max(p["facts_written"] for p in points)
-        answers.append(f"- {method} stream: retention (ES over facts written) "
-                       + (f"falls below 80 at {falls} facts" if falls is not None
-                          else f"stays ≥ 80 up to {reached} facts written (as far as run)"))
+        if falls is not None:
+            said = f"falls below 80 at {falls} facts"
+        elif reached:
+            said = f"stays ≥ 80 up to {reached} facts written (as far as run)"
+        else:
+            said = "not measured yet (only the unedited point)"
+        answers.append(f"- {method} stream: retention (ES over facts written) {said}")
     speed = _speed_lines(out)
     text = "\n".join([
         "# SmolLM2-135M at scale: the frontier of single batches and sequential streams", "",
@@ -291,8 +295,9 @@ def run_report(args) -> None:
         "Facts are the first N records of `counterfact_train_easyedit.json`; batches larger "
         f"than {args.measure} are measured on a fixed random sample of {args.measure} of "
         "their facts (`measured`). Targets were computed once per fact and read from the "
-        "disk store by every size and method: `seconds_targets_per_fact` is their cost "
-        "when computed, `seconds_edit_per_fact` the edit (keys, solves) with targets read. "
+        "disk store by every size and method: `seconds_targets_per_fact` is their mean cost "
+        "when computed (1-thread processes, mostly on a machine shared with other work: see "
+        "Targets), `seconds_edit_per_fact` the edit (keys, solves) with targets read. "
         "Peak RSS is the editing process's (model, statistics, evaluation included).", "",
         *lines, "", "![frontier](frontier.png)" if rows else "", "",
         "## Sequential stream", "",
