@@ -128,6 +128,18 @@ class Editor:
         # Kₚ Kₚᵀ (d_in, d_in) fp64 per layer of the keys written so far (docs/design.md §5).
         self._prior_moments: dict[int, torch.Tensor] = {}
 
+    def use_hparams(self, values: dict[str, Any]) -> None:
+        """Continue with ``values`` (an ``hparams.to_dict()``, e.g. the settings a resumed run
+        started with): every field is replaced, and what was derived from the old settings
+        (statistics, prefixes) is dropped. Raises ``ValueError`` for fields this method's
+        hyper-parameters do not have."""
+        hparams = self.hparams.replace(**values)
+        depth = self.adapter.depth(self.model.config)
+        if not hparams.layers or any(not 0 <= layer < depth for layer in hparams.layers):
+            raise ValueError(f"edit layers {list(hparams.layers)} invalid for {depth} layers")
+        self.hparams = hparams
+        self._moments, self._stats_record, self._prefixes = {}, {}, None
+
     # ---- shared pieces -----------------------------------------------------------------------
     @property
     def layers(self) -> list[int]:

@@ -122,6 +122,11 @@ class RunDir:
         shutil.rmtree(self.path / CHECKPOINTS, ignore_errors=True)
         self.close()  # nothing more is written: another process may read or extend it now
 
+    def update_record(self, **fields: Any) -> None:
+        """Add ``fields`` to ``run.json`` (written atomically)."""
+        self.record.update(fields)
+        write_json_atomic(self.path / RUN_FILE, self.record)
+
     def discard_if_empty(self) -> None:
         """Remove a folder this process created when it holds nothing worth resuming from."""
         if self.created and not self.finished and not any((self.path / CHECKPOINTS).glob("b*")):

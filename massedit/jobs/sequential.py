@@ -10,10 +10,15 @@ Targets go to the disk store (:mod:`massedit.targets.store`) as each group is op
 checkpoint is applied through :func:`massedit.engine.identity.apply_patch`, which names the
 weights as the uninterrupted run named them: a re-run reads every target an interrupted run had
 already computed instead of optimising it again (docs/design.md §12).
+
+A run continues with the hyper-parameters it started with (``run.json``'s ``hparams``), even if
+the preset changed in between (a new massedit version, a tuned user preset): a patch is never
+made half with one set of settings and half with another.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +29,7 @@ from massedit.editing.editor import Editor
 from massedit.engine.identity import apply_patch
 from massedit.engine.patch import EditPatch
 from massedit.engine.requests import EditRequest, requests_digest
-from massedit.jobs.runs import RunDir
+from massedit.jobs.runs import RunDir, RunDirError
 from massedit.targets.store import TargetStore
 
 logger = logging.getLogger(__name__)
@@ -59,6 +64,29 @@ def combine(first: EditPatch | None, second: EditPatch,
     return merged
 
 
+def pin_hparams(editor: Editor, run: RunDir) -> None:
+    """Record the editor's hyper-parameters in a new run; in a resumed one, continue with those
+    it started with (logged when they differ from what the editor would use now)."""
+    now = json.loads(json.dumps(editor.hparams.to_dict(), default=str))  # tuples as lists
+    started = run.record.get("hparams")
+    if started is None:
+        run.update_record(hparams=now)
+        return
+    changed = {k: (started.get(k), now.get(k)) for k in sorted(set(started) | set(now))
+               if started.get(k) != now.get(k)}
+    if not changed:
+        return
+    try:
+        editor.use_hparams(started)
+    except ValueError as err:
+        raise RunDirError(f"{run.path} was started with settings this massedit cannot use "
+                          f"({err}); finish it with the version that started it, or choose "
+                          "another --out") from None
+    logger.warning("continuing %s with the settings it started with; today's would differ in "
+                   "%s", run.path, ", ".join(f"{k} ({a} then, {b} now)"
+                                             for k, (a, b) in changed.items()))
+
+
 def edit_resumably(editor: Editor, requests: Sequence[EditRequest], batch_size: int | None,
                    run: RunDir, *, max_batches: int | None = None,
                    progress: bool = True, target_store: bool = True) -> SequentialResult:
@@ -70,6 +98,7 @@ def edit_resumably(editor: Editor, requests: Sequence[EditRequest], batch_size: 
     """
     requests = list(requests)
     batch_size = batch_size or len(requests)
+    pin_hparams(editor, run)  # before anything reads them
     editor.check_batches(requests, batch_size)  # before statistics and targets
     if target_store and editor.target_store is None:
         editor.target_store = TargetStore.default(editor.stats_spec.cache_dir)
