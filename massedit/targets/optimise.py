@@ -28,6 +28,7 @@ from massedit.engine.requests import EditRequest
 from massedit.engine.tokens import encode_target, encode_with_subject
 from massedit.models.placement import input_device
 from massedit.targets.passes import GroupPass
+from massedit.targets.precision import check_finite, half_dtype
 from massedit.targets.rows import build_rows
 
 logger = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> 
     steps = torch.zeros(n, dtype=torch.long)
     last_nll = torch.full((n,), float("nan"))
     frozen = torch.zeros_like(delta)
+    half = half_dtype(model)  # float16/bfloat16 runs name an overflow as such (None: fp32)
     for it in range(hp.v_num_grad_steps):
         opt.zero_grad(set_to_none=False)
         with torch.set_grad_enabled(it < hp.v_num_grad_steps - 1):  # the last pass only scores
@@ -177,6 +179,7 @@ def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> 
         kl = _spread((kl_lp.exp() * (kl_lp - ref)).sum(-1), out.kl_kept)  # (n,) KL(P_δ ‖ P_0)
         wd = hp.v_weight_decay * delta.norm(dim=-1) / h.norm(dim=-1) ** 2
         loss = nll + hp.kl_factor * kl + wd  # (n,)
+        check_finite(half, "loss", loss, group.block_name, it)
         if logger.isEnabledFor(logging.DEBUG):  # the loss's parts, per request, at this δ
             logger.debug("targets: step %d nll %s kl %s wd %s done %s", it, nll.tolist(),
                          kl.tolist(), wd.tolist(), done.tolist())
@@ -203,6 +206,7 @@ def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> 
             delta.mul_(scale)
         bar.set_postfix(active=int((~done).sum()), nll=f"{float(last_nll.nanmean()):.3f}")
     delta = delta.detach()
+    check_finite(half, "optimised δ", delta, group.block_name, hp.v_num_grad_steps - 1)
     if not torch.isfinite(delta).all():
         raise FloatingPointError("target optimisation produced non-finite values")
     return TargetResult(z=h + delta, h=h.clone(), nll=last_nll, steps=steps)
