@@ -1,12 +1,13 @@
 """The built-in methods (docs/design.md §4): closed-form (objective, distribution)
-compositions, and the papers' baselines as whole editors (FT, FT-L, KN; IKE, which edits the
-prompt, not the weights).
+compositions, and the papers' baselines as whole editors (FT, FT-L, KN, MEND; IKE, which edits
+the prompt, not the weights).
 
 The registry registers them on its first lookup."""
 
 from massedit.baselines.finetune import ConstrainedFineTuneHparams, FineTuneHparams, fine_tune
 from massedit.baselines.ike import IkeHparams, in_context_edit
 from massedit.baselines.knowledge_neurons import KnowledgeNeuronHparams, knowledge_neurons
+from massedit.baselines.mend import MendHparams, mend_edit
 from massedit.contracts import MethodSpec
 
 BUILTIN_METHODS = (
@@ -21,4 +22,6 @@ BUILTIN_METHODS = (
                description="IKE: new facts and demonstrations in the prompt, no weight change"),
     MethodSpec("kn", editor=knowledge_neurons, hparams=KnowledgeNeuronHparams,
                description="KN: knowledge neurons by integrated gradients, value vectors moved"),
+    MethodSpec("mend", editor=mend_edit, hparams=MendHparams,
+               description="MEND: a trained hypernetwork maps fine-tuning gradients to updates"),
 )
