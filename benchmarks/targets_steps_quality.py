@@ -26,11 +26,13 @@ import logging
 import random
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
 import massedit.targets.optimise as optimise
 from massedit import Editor, StatsSpec, load_model
+from massedit.data.locations import default_data_root
 from massedit.evals.evaluation import EvalSettings, evaluate, summarize, unedited_reference
 from massedit.evals.readers import load_eval_dataset, shared_data_dir
 from massedit.targets.optimise import TargetResult, compute_targets, target_groups
@@ -69,7 +71,7 @@ def trajectories(model, tok, requests, prefixes, block, hp) -> list[dict]:
     optimise.GroupPass = Recording
     out: list[dict | None] = [None] * len(requests)
     try:
-        for idx in target_groups(tok, requests, len(prefixes), hp.batch_rows):
+        for idx in target_groups(tok, requests, len(prefixes), hp.target_rows or hp.batch_rows):
             deltas.clear()
             handler.steps.clear()
             res = compute_targets(model, tok, [requests[i] for i in idx], prefixes, block, hp,
@@ -163,6 +165,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
+    default_data_root(Path(__file__).resolve().parents[1])  # unless $MASSEDIT_DATA is set
     lo, hi = (int(x) for x in args.records.split(":"))
     cases = load_eval_dataset("counterfact", n=hi)[lo:]
     model, tok = load_model(args.model)

@@ -12,10 +12,13 @@ In both, locality is measured against the unedited model's outputs, computed onc
 edit (``unedited.json``). Sharing: statistics for the union of all edit layers are computed in one
 pass before the first edit (and cached on disk); target vectors are shared between combinations
 through one ``Editor.target_cache``, per request (same request, prefixes, last layer and target
-settings on the same weights), so batch sizes and methods with the same last layer share them.
-So that times stay comparable, a combination is charged the original cost of every target it
-re-used (its share of the call that computed it): ``seconds`` = its own edit time +
-``seconds_targets_reused``.
+settings on the same weights), so batch sizes and methods with the same last layer share them,
+and through the disk target store (:mod:`massedit.targets.store`, unless ``target_store`` is
+off), so an interrupted study, a re-run in another folder or another study on the same model
+reads what was already computed. So that times stay comparable, a combination is charged the
+original cost of every target it re-used (its share of the call that computed it, kept with the
+target on disk too; ``Editor.edit`` tallies them in ``patch.metadata["targets"]``): ``seconds``
+= its own edit time + ``seconds_targets_reused``.
 
 A result file is written atomically when its combination ends, finished or failed. A re-run with
 the same shared settings skips finished combinations and retries failed ones; other shared
@@ -102,6 +105,8 @@ class StudyOptions:
     dtype: str = "float32"
     device_map: str | None = None
     progress: bool = True
+    # Targets also from/to the disk store (changes costs' bookkeeping, never a result).
+    target_store: bool = True
 
     def grid(self) -> list[Combination]:
         """Every combination, in the order they run: grouped by editor so targets are shared."""
@@ -137,24 +142,6 @@ class StudyResult:
     skipped: list[str]  # slugs already finished before it
 
 
-class TimedTargetCache(dict):
-    """``Editor.target_cache`` that counts its hits, so a study can charge each combination the
-    original cost (``CachedTarget.seconds``) of every target it re-used."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hits: list[Any] = []
-
-    def __contains__(self, key: object) -> bool:
-        found = super().__contains__(key)
-        if found:
-            self.hits.append(key)
-        return found
-
-    def seconds_of(self, keys: Sequence[Any]) -> float:
-        return sum(self[key].seconds for key in keys)
-
-
 def check_options(opts: StudyOptions) -> None:
     """Unknown names and bad values fail before the model is loaded."""
     from massedit.editing.registry import get_distribution, get_objective, hparams_class
@@ -181,6 +168,7 @@ def _editor(model, tok, combo: Combination, opts: StudyOptions, target_cache,
                   distribution=combo.distribution,
                   stats=StatsSpec(corpus=opts.stats_corpus, tokens=opts.stats_tokens),
                   progress=progress, target_cache=target_cache,
+                  target_store=opts.target_store or None,
                   **{**opts.overrides, "seed": str(combo.seed)})
 
 
@@ -201,11 +189,12 @@ def prepare_statistics(model, tok, combos: Sequence[Combination], opts: StudyOpt
 
 def run_combination(model, tok, cases: Sequence[EvalCase], reference: Reference,
                     combo: Combination, opts: StudyOptions,
-                    target_cache: TimedTargetCache) -> dict[str, Any]:
-    """Edit and evaluate one combination; the model is left unedited afterwards."""
+                    target_cache: dict) -> dict[str, Any]:
+    """Edit and evaluate one combination; the model is left unedited afterwards.
+    ``target_cache`` is shared by the study's combinations (``Editor.target_cache``)."""
     settings = dataclasses.replace(opts.settings, seed=combo.seed)
-    computed_before, hits_before = len(target_cache), len(target_cache.hits)
     edit_seconds = 0.0
+    targets = {"computed": 0, "reused": 0, "seconds_reused": 0.0}
     if combo.sequential:
         batches = [list(range(len(cases)))]
     else:
@@ -224,21 +213,22 @@ def run_combination(model, tok, cases: Sequence[EvalCase], reference: Reference,
         requests = [cases[i].request for i in indices]
         patch = editor.edit(requests, batch_size=combo.batch_size)
         edit_seconds += float(patch.metadata["seconds"])
+        for key, value in patch.metadata.get("targets", {}).items():
+            targets[key] += value
         try:
             measured = cases_for_patch(model, tok, [cases[i] for i in indices], patch)
             rows += evaluate(model, tok, measured, settings,
                              reference.subset(indices).locality_tokens)
         finally:
             patch.revert(model)
-    reused = target_cache.hits[hits_before:]
-    reused_seconds = target_cache.seconds_of(reused)
+    reused_seconds = targets["seconds_reused"]
     seconds = edit_seconds + reused_seconds
     return {
         "status": "finished", "summary": summarize(rows), "n_edits": len(cases),
         "seconds_edit": round(edit_seconds, 3),
         "seconds_targets_reused": round(reused_seconds, 3), "seconds": round(seconds, 3),
-        "seconds_per_edit": seconds / len(cases), "targets_computed":
-            len(target_cache) - computed_before, "targets_reused": len(reused),
+        "seconds_per_edit": seconds / len(cases), "targets_computed": targets["computed"],
+        "targets_reused": targets["reused"],
         "layers": editor.layers, "objective": editor.objective_name,
         "distribution": editor.distribution_name, "preset": editor.preset_source,
         "rows": rows,
@@ -284,7 +274,7 @@ def run_study(opts: StudyOptions, console, combos: Sequence[Combination] | None 
         reference = _load_reference(run.path / "unedited.json", model, tok, cases, opts.settings)
     if todo:
         prepare_statistics(model, tok, todo, opts)
-        cache = TimedTargetCache()
+        cache: dict = {}
         for combo in tqdm(todo, desc="combinations", unit="combo", disable=not opts.progress):
             record = {"combination": dataclasses.asdict(combo), "label": combo.label,
                       "slug": combo.slug}

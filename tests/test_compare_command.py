@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from massedit.editing.registry import register_objective
+from massedit.targets.store import TargetStore
 from tests.test_cli import invoke
 from tests.test_eval_command import SET, STATS_TOKENS, toy_workspace_with_cache
 
@@ -26,7 +27,12 @@ class ExplodingObjective:
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory, stats_dir):
-    yield from toy_workspace_with_cache(tmp_path_factory, stats_dir, "compare")
+    # A target store of this module's own: other modules edit the same toy facts, and the
+    # counts below are of targets this module's studies computed.
+    store = TargetStore(tmp_path_factory.mktemp("compare-targets"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TargetStore, "default", classmethod(lambda cls, cache_dir=None: store))
+        yield from toy_workspace_with_cache(tmp_path_factory, stats_dir, "compare")
 
 
 def compare(toy, out: Path, *extra: str):
@@ -91,6 +97,24 @@ def test_targets_are_shared_and_their_cost_charged(study) -> None:
     assert memit["seconds"] == pytest.approx(
         memit["seconds_edit"] + memit["seconds_targets_reused"], abs=2e-3)
     assert memit["seconds_targets_reused"] > memit["seconds_edit"]
+
+
+def test_another_study_reads_the_stored_targets_and_is_charged_their_cost(toy, study,
+                                                                          tmp_path) -> None:
+    """A study in another folder (or process) computes no target the store already has, and
+    is charged what the stored ones cost when computed; without the store it computes them."""
+    first = combination(study, "memit__-__-__b1__batch__s0")
+    out = tmp_path / "again"
+    assert compare(toy, out, "--methods", "rome", "--batch-sizes", "1").exit_code == 0
+    again = combination(out, "rome__-__-__b1__batch__s0")
+    assert again["targets_computed"] == 0 and again["targets_reused"] == 4
+    assert again["seconds_targets_reused"] == pytest.approx(first["seconds_targets_reused"],
+                                                            abs=2e-3)
+    out = tmp_path / "without"
+    assert compare(toy, out, "--methods", "rome", "--batch-sizes", "1",
+                   "--no-target-store").exit_code == 0
+    alone = combination(out, "rome__-__-__b1__batch__s0")
+    assert alone["targets_computed"] == 4 and alone["targets_reused"] == 0
 
 
 def test_plots_and_report(study) -> None:

@@ -123,6 +123,10 @@ def compare(
     score_batch: ScoreBatchOpt = 32,
     dtype: DtypeOpt = "float32",
     device_map: DeviceMapOpt = None,
+    target_store: Annotated[bool, typer.Option(
+        help="Read and keep targets in the disk store of the massedit cache, so a re-run or "
+        "another study on this model never recomputes one (costs stay charged as computed).")
+    ] = True,
 ) -> None:
     """Compare editing methods across batch sizes: table, plots, Markdown report.
 
@@ -143,7 +147,7 @@ def compare(
             stats_corpus=stats_corpus, stats_tokens=stats_tokens,
             overrides=key_values(set_, "--set"),
             settings=_settings(fluency, generation_prompts, max_new_tokens, score_batch),
-            dtype=dtype, device_map=device_map,
+            dtype=dtype, device_map=device_map, target_store=target_store,
         )
         out = console()
         result = run_study(opts, out)

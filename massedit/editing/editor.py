@@ -125,6 +125,9 @@ class Editor:
         self._prefixes: list[str] | None = None
         self._model_key: str | None = None
         self._bar = None  # the targets' progress bar while edit() runs
+        # Where the targets of the running edit() came from: computed, or reused (from memory or
+        # the disk store) with the seconds they cost when computed; kept in patch metadata.
+        self._target_tally = {"computed": 0, "reused": 0, "seconds_reused": 0.0}
         # Kₚ Kₚᵀ (d_in, d_in) fp64 per layer of the keys written so far (docs/design.md §5).
         self._prior_moments: dict[int, torch.Tensor] = {}
 
@@ -261,6 +264,7 @@ class Editor:
         patch = EditPatch(metadata=self._metadata(reqs))
         t0 = time.perf_counter()
         prior_moments = dict(self._prior_moments)
+        self._target_tally = {"computed": 0, "reused": 0, "seconds_reused": 0.0}
         # One bar over every target of the call (sequential batches compute theirs in turn).
         self._bar = tqdm(total=len(reqs), desc="targets", unit="target", leave=False,
                          disable=not self.progress or self.whole is not None)
@@ -278,6 +282,8 @@ class Editor:
             self._bar = None
         patch.metadata["seconds"] = round(time.perf_counter() - t0, 3)
         patch.metadata["stats"] = self._stats_record
+        patch.metadata["targets"] = {**self._target_tally, "seconds_reused": round(
+            self._target_tally["seconds_reused"], 3)}
         return patch
 
     def _validate(self, reqs: Sequence[EditRequest]) -> list[Encoded]:
@@ -395,6 +401,12 @@ class Editor:
                 self.target_cache[keys[i]] = found
                 loaded.add(i)
         missing = [i for i in missing if i not in loaded]
+        absent = set(missing)
+        reused = [i for i in range(len(keys)) if i not in absent]
+        self._target_tally["reused"] += len(reused)
+        self._target_tally["computed"] += len(missing)
+        self._target_tally["seconds_reused"] += sum(self.target_cache[keys[i]].seconds
+                                                    for i in reused)
         bar = self._bar
         if bar is not None:
             bar.update(len(reqs) - len(missing))

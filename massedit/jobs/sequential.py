@@ -58,6 +58,10 @@ def combine(first: EditPatch | None, second: EditPatch,
         seconds = [p.metadata["seconds"] for p in (first, second) if "seconds" in p.metadata]
         if seconds:
             merged.metadata["seconds"] = round(sum(seconds), 3)
+        tallies = [p.metadata["targets"] for p in (first, second) if "targets" in p.metadata]
+        if tallies:  # where each part's targets came from (Editor.edit), summed
+            merged.metadata["targets"] = {k: round(sum(t.get(k, 0) for t in tallies), 3)
+                                          for k in tallies[-1]}
     merged.metadata.pop("layouts", None)  # rewritten by save()
     merged.metadata["n_requests"] = len(requests)
     merged.metadata["requests_digest"] = requests_digest(requests)

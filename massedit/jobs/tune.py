@@ -36,7 +36,6 @@ from massedit.evals.readers import EvalCase
 from massedit.evals.study import (
     Combination,
     StudyOptions,
-    TimedTargetCache,
     prepare_statistics,
     run_combination,
 )
@@ -212,7 +211,7 @@ def tune(
     settings = EvalSettings(fluency=False)
     sweep_ref = unedited_reference(model, tok, sweep_cases, settings)
     batch = 1 if method == "rome" else len(sweep_cases)
-    cache = TimedTargetCache()
+    cache: dict = {}  # targets shared by every trial
 
     def options(overrides: dict[str, Any]) -> StudyOptions:
         return StudyOptions(model=model_label, dataset="tune", out=Path("."),
