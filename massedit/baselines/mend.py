@@ -63,10 +63,11 @@ class MendHparams(EditHparams):
     toy_world_bars: ClassVar[dict[str, float]] = {}
 
     def __post_init__(self) -> None:
-        if min(self.mend_rank, self.mend_train_batch, self.mend_train_records) < 1 \
-                or self.mend_hidden < 0 or self.mend_train_steps < 0:
-            raise ValueError("mend needs mend_rank, mend_train_batch, mend_train_records >= 1, "
-                             "mend_hidden >= 0 and mend_train_steps >= 0")
+        # >= 1 training step: the network normalises with statistics only training gathers
+        if min(self.mend_rank, self.mend_train_batch, self.mend_train_records,
+               self.mend_train_steps) < 1 or self.mend_hidden < 0:
+            raise ValueError("mend needs mend_rank, mend_train_batch, mend_train_records, "
+                             "mend_train_steps >= 1 and mend_hidden >= 0")
         if min(self.mend_lr, self.mend_lr_lr, self.mend_edit_lr) <= 0:
             raise ValueError("mend needs mend_lr, mend_lr_lr, mend_edit_lr > 0")
 

@@ -73,7 +73,13 @@ class TrainingRecord:
 def records_file(source: str) -> Path:
     """A named data set (:mod:`massedit.data.datasets`) or a JSON file's path."""
     path = Path(source).expanduser()
-    return path if path.is_file() else dataset_file(source)
+    if path.is_file():
+        return path
+    try:
+        return dataset_file(source)
+    except ValueError:  # not a named data set either
+        raise FileNotFoundError(f"MEND's training data {source!r} is neither a file nor a "
+                                "named data set") from None
 
 
 def heldout_keys(n: int) -> tuple[set[str], set[str]]:
