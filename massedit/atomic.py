@@ -17,10 +17,14 @@ name holds the new bytes, not an empty file (ext4/xfs may otherwise order the re
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import json
 import logging
 import os
+import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +34,120 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
+
+# ---- fault points (docs/design.md §12, "Fault injection") -------------------------------------
+# The fault-injection suite (tests/test_faults.py) kills a command with SIGKILL at a chosen
+# moment to prove that no interruption leaves a half-written file or a run that resumes to
+# another result. ``$MASSEDIT_FAULT_AT=<point>:<n>`` names the moment: the n-th passage (from 1)
+# of a point whose name matches ``<point>`` (a glob). Points are named ``<step>:<folder>/<name>``:
+# ``write`` (a file written under its temporary name, not yet renamed), ``wrote`` (renamed into
+# place), ``dir`` (a folder's temporary tree complete, not yet renamed), ``swap`` (an older folder
+# moved aside, the new one not yet in place), ``remove`` (a folder moved aside, not yet deleted),
+# e.g. ``dir:checkpoints/batch-*:2``; other modules add their own (``save_model:weights``).
+# Without the variable a passage costs one environment lookup.
+FAULT_ENV = "MASSEDIT_FAULT_AT"
+_fault_passages: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """A named moment where the fault-injection suite may kill this process (SIGKILL: no
+    ``finally`` runs, exactly as when a job is killed or the machine loses power)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    pattern, _, count = spec.rpartition(":")
+    if not fnmatch.fnmatchcase(name, pattern):
+        return
+    passages = _fault_passages.get(pattern, 0) + 1
+    _fault_passages[pattern] = passages
+    if passages == int(count):
+        logger.info("fault injection: killing this process at %s (passage %d)", name, passages)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---- hidden temporaries -------------------------------------------------------------------------
+# Every name this module writes before a rename, or moves aside before a removal, is hidden and
+# ends in .tmp (a write under way; .tmp.<ext> when the writer needs an extension), .old (a folder
+# being replaced) or .del (a folder being removed). A killed process leaves them behind; they are
+# never read as results, and whoever owns the folder may sweep them (``sweep_temporaries``).
+_TEMPORARY = re.compile(r"^\..+\.(tmp|old|del)(\.\w+)?$")
+
+
+def is_temporary(path: PathLike) -> bool:
+    """True for a name this module uses before a rename or a removal (``.x.abc123.tmp``)."""
+    return bool(_TEMPORARY.match(Path(path).name))
+
+
+def sweep_temporaries(folder: PathLike) -> list[Path]:
+    """Remove the temporaries a killed writer left anywhere under ``folder``; only for folders
+    no other process is writing (a run folder whose lock this process holds). The removed paths."""
+    removed = []
+    for root, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            path = Path(root) / name
+            if is_temporary(path):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+        dirs[:] = [d for d in dirs if not is_temporary(d)]
+    if removed:
+        logger.info("removed %d temporary file(s) an interrupted run left in %s", len(removed),
+                    folder)
+    return removed
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+class OutOfSpaceError(OSError):
+    """A write ran out of space (a full disk, a quota, a file-size limit) and was abandoned:
+    the destination still holds what it held before, or still does not exist."""
+
+    def __init__(self, path: Path, code: int) -> None:
+        kept = "keeps its previous content" if path.exists() else "was not created"
+        super().__init__(code, f"could not write {path}: {os.strerror(code)} (out of disk "
+                               f"space or over a file-size limit); nothing was replaced: "
+                               f"{path} {kept}")
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _no_space_errno(err: BaseException) -> int | None:
+    """The errno of a lack of space not yet restated (a nested atomic write already named its
+    file), else None. Writers that are not Python raise their own errors: safetensors' Rust
+    writer says "I/O error: File too large (os error 27)"."""
+    if isinstance(err, OutOfSpaceError):
+        return None
+    code = err.errno if isinstance(err, OSError) else None
+    if code is None:
+        found = re.search(r"\(os error (\d+)\)", str(err))
+        code = int(found[1]) if found else None
+    return code if code in _NO_SPACE else None
+
+
+def remove_tree(path: PathLike) -> None:
+    """Remove folder ``path`` so that no reader ever sees it half-removed: it is first renamed
+    to a hidden ``.del`` name (one atomic step), then deleted file by file."""
+    path = Path(path)
+    if not path.exists():
+        return
+    aside = _aside_name(path, ".del")
+    os.replace(path, aside)
+    fault_point(f"remove:{_where(path)}")
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _where(path: Path) -> str:
+    """A fault point's place: ``<folder>/<name>`` (``checkpoints/batch-000003``)."""
+    return f"{path.parent.name}/{path.name}"
+
+
+def _aside_name(path: Path, suffix: str) -> Path:
+    return path.parent / f".{path.name}.{os.urandom(4).hex()}{suffix}"
 
 
 def _fsync_path(path: Path) -> None:
@@ -68,10 +186,18 @@ def atomic_path(path: PathLike, *, suffix: str = ".tmp", fsync: bool = True) -> 
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
-        if fsync:
-            _fsync_path(tmp)
+        try:
+            yield tmp
+            if fsync:
+                _fsync_path(tmp)
+        except Exception as err:
+            code = _no_space_errno(err)
+            if code is not None:  # restated for the destination: the original names a temp
+                raise OutOfSpaceError(path, code) from err
+            raise
+        fault_point(f"write:{_where(path)}")
         os.replace(tmp, path)
+        fault_point(f"wrote:{_where(path)}")
         if fsync:
             _fsync_path(path.parent)
     finally:
@@ -115,8 +241,10 @@ def atomic_dir(path: PathLike, *, overwrite: bool = False, complete_marker: str 
 
     - By default an existing ``path`` is refused up front (``FileExistsError``): outputs are
       never overwritten.
-    - ``overwrite=True`` replaces an existing ``path`` (its removal and the rename are two
-      steps: for folders only this process writes, such as a patch being re-saved).
+    - ``overwrite=True`` replaces an existing ``path`` in two renames (the old folder aside
+      under a hidden ``.old`` name, the new one into place, then the old one deleted): a
+      process killed between them leaves ``path`` absent, never half of either. For folders
+      only this process writes, such as a patch being re-saved.
     - ``complete_marker`` (a file name) is for caches that several processes may fill at once:
       if the rename fails because ``path`` appeared meanwhile and holds that file, another
       process won the race with a complete copy; ours is dropped and no error is raised.
@@ -126,23 +254,36 @@ def atomic_dir(path: PathLike, *, overwrite: bool = False, complete_marker: str 
         raise FileExistsError(f"{path} already exists; it is never overwritten")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    old = None
     try:
-        yield tmp
-        if fsync:
-            _fsync_tree(tmp)
+        try:
+            yield tmp
+            if fsync:
+                _fsync_tree(tmp)
+        except Exception as err:
+            code = _no_space_errno(err)
+            if code is not None:  # restated for the destination: the original names a temp
+                raise OutOfSpaceError(path, code) from err
+            raise
+        fault_point(f"dir:{_where(path)}")
         if overwrite and path.exists():
-            shutil.rmtree(path)
+            old = _aside_name(path, ".old")
+            os.replace(path, old)
+            fault_point(f"swap:{_where(path)}")
         try:
             os.replace(tmp, path)
         except OSError:
             if complete_marker is None or not (path / complete_marker).is_file():
                 raise
             logger.info("another process wrote %s first; using its copy", path)
+        fault_point(f"wrote:{_where(path)}")
         if fsync:
             _fsync_path(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 # ---- one writer per cache entry ---------------------------------------------------------------

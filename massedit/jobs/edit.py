@@ -17,6 +17,7 @@ from massedit.jobs.runs import (
     check_run_dir,
     fingerprint,
     save_pretrained_atomic,
+    tidy_run_dir,
     write_json_atomic,
 )
 from massedit.models.loading import DEFAULT_MODEL
@@ -131,6 +132,7 @@ def run_edit(opts: EditOptions, console) -> EditOutcome:
         return EditOutcome(0)
     if previous and previous.get("status") == "finished" and (
             not opts.save_model or (opts.out / "model").exists()):
+        tidy_run_dir(opts.out)  # a process killed as it finished may have left temporaries
         return _already_finished(opts, console)
 
     from massedit.editing.editor import Editor
@@ -149,8 +151,13 @@ def run_edit(opts: EditOptions, console) -> EditOutcome:
         return _save_model_of_finished(opts, run, model, console)
     try:
         return _edit_and_report(opts, edits, run, editor, console)
-    except BaseException:
+    except BaseException as err:
         run.discard_if_empty()  # a run that finished no batch leaves no folder behind
+        if isinstance(err, OSError) and run.path.exists():  # e.g. the disk filled up
+            _, _, requests_done = run.load_checkpoint()
+            logger.error("%s keeps its last complete state (%d of %d requests edited); free "
+                         "space and run the same command again to continue", run.path,
+                         requests_done, len(edits.requests))
         raise
 
 

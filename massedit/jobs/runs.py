@@ -23,7 +23,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from massedit.atomic import LockHeld, lock_path_of, locked, write_safetensors_atomic
+from massedit.atomic import (
+    LockHeld,
+    fault_point,
+    is_temporary,
+    lock_path_of,
+    locked,
+    remove_tree,
+    sweep_temporaries,
+    write_safetensors_atomic,
+)
 from massedit.atomic import atomic_dir as atomic_dir
 from massedit.atomic import write_json_atomic as write_json_atomic
 from massedit.atomic import write_text_atomic as write_text_atomic
@@ -47,6 +56,7 @@ def save_pretrained_atomic(model, tok, path: str | os.PathLike, card=None) -> Pa
 
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
+        fault_point("save_model:weights")  # a kill here: half a folder, never renamed in
         if tok is not None:
             tok.save_pretrained(tmp)
         if card is not None:
@@ -90,6 +100,8 @@ class RunDir:
         lock = hold_run_lock(path)
         try:
             existing = check_run_dir(path, command, key)  # as it is now that we hold it
+            if path.is_dir():  # what a killed run was writing; no one else writes here now
+                sweep_temporaries(path)
             if existing is not None:
                 logger.info("resuming the run in %s", path)
                 return cls(path, existing, _lock=lock)
@@ -119,7 +131,7 @@ class RunDir:
         self.record.update(status="finished", **extra,
                            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         write_json_atomic(self.path / RUN_FILE, self.record)
-        shutil.rmtree(self.path / CHECKPOINTS, ignore_errors=True)
+        remove_tree(self.path / CHECKPOINTS)
         self.close()  # nothing more is written: another process may read or extend it now
 
     def update_record(self, **fields: Any) -> None:
@@ -151,7 +163,7 @@ class RunDir:
         target = snapshot.save(root / f"batch-{batches_done:06d}")
         for old in root.glob("batch-*"):
             if old != target:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_tree(old)  # never seen half-removed: a kill here keeps both whole
         for old in root.glob("state-*.safetensors"):
             if old.name != f"state-{batches_done:06d}.safetensors":
                 old.unlink(missing_ok=True)
@@ -204,6 +216,16 @@ def hold_run_lock(path: Path) -> ExitStack:
     return stack
 
 
+def tidy_run_dir(path: Path) -> None:
+    """Sweep the temporaries a killed process left in a finished run folder, unless another
+    process holds the folder (then it is that process's to tidy)."""
+    try:
+        with locked(lock_path_of(path), wait=False):
+            sweep_temporaries(path)
+    except LockHeld:
+        pass
+
+
 def check_run_dir(path: str | os.PathLike, command: str, key: str) -> dict[str, Any] | None:
     """The record of ``command``'s earlier run in ``path`` (same fingerprint), None when the
     folder is new or empty; :class:`RunDirError` when it belongs to anything else."""
@@ -214,7 +236,8 @@ def check_run_dir(path: str | os.PathLike, command: str, key: str) -> dict[str, 
         raise RunDirError(f"{path} exists and is not a folder")
     run_file = path / RUN_FILE
     if not run_file.exists():
-        if any(path.iterdir()):
+        # Only a killed run's temporaries (its run.json never renamed in): still a new folder.
+        if any(not is_temporary(p) for p in path.iterdir()):
             raise RunDirError(f"{path} exists and is not a massedit run folder; choose another "
                               "--out or delete it")
         return None
