@@ -31,6 +31,7 @@ import torch
 from massedit.engine.patch import EditPatch
 from massedit.jobs.runs import RunDir, fingerprint, write_json_atomic
 from massedit.models.adapters import get_module, read_weight
+from massedit.models.placement import input_device
 
 from .evaluation import (
     EvalSettings,
@@ -88,7 +89,7 @@ def perplexity(model, ids: Sequence[int], window: int = 256) -> float:
     if len(ids) < 2:
         raise ValueError("perplexity needs at least two tokens of held-out text")
     window = min(window, context_length(model) or window)
-    device = next(model.parameters()).device
+    device = input_device(model)  # docs/design.md §12: the first parameter may be on meta
     total, count = 0.0, 0
     for lo in range(0, len(ids) - 1, window):
         chunk = torch.tensor([list(ids[lo : lo + window])], device=device)  # (1, w)

@@ -17,6 +17,9 @@ import torch
 
 from massedit.data.embedded import embedded_corpus
 
+# A leaf module (it imports only torch): where a split or offloaded model takes its inputs.
+from massedit.models.placement import input_device
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CORPUS = "Salesforce/wikitext:wikitext-103-raw-v1"
@@ -94,7 +97,7 @@ def _hub_texts(corpus: str, rank: int = 0, world: int = 1) -> Iterator[str]:
 
 @torch.no_grad()
 def _model_texts(model, tok, seed: int, n_texts: int = 10_000, length: int = 128) -> Iterator[str]:
-    device = next(model.parameters()).device
+    device = input_device(model)  # docs/design.md §12: the first parameter may be on meta
     gen = torch.Generator(device="cpu").manual_seed(seed)
     starts = ["The", "In", "A", "It", "He", "She", "This", "On"]
     for i in range(0, n_texts, 8):

@@ -11,12 +11,9 @@ from collections.abc import Sequence
 
 import torch
 
+from massedit.engine.forward import model_device
 from massedit.engine.tokens import pad_batch, pad_id_of
 from massedit.models.seq2seq import decoder_start
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 def encode_source(tok, text: str) -> list[int]:
@@ -40,7 +37,9 @@ def source_batch(tok, sources: Sequence[Sequence[int]], device) -> dict[str, tor
 def teacher_forced_batch(
     model, tok, sources: Sequence[Sequence[int]], outputs: Sequence[Sequence[int]],
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Model inputs for teacher forcing and the labels ``(b, tgt_len)`` (-100 at padding)."""
+    """Model inputs for teacher forcing and the labels ``(b, tgt_len)`` (-100 at padding), on
+    the input embedding's device (docs/design.md §12: not the first parameter's, which is
+    ``meta`` when the embedding is offloaded; the decoder's hooks move what they need)."""
     device = model_device(model)
     batch = source_batch(tok, sources, device)
     start = decoder_start(model)
