@@ -9,6 +9,7 @@ continue).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -25,6 +26,9 @@ app = typer.Typer(
 ModelOpt = Annotated[str, typer.Option(
     "--model", help="Hub id, local folder, or smollm2-135m (the embedded default).")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16 or auto.")]
+AllowPickleOpt = Annotated[bool, typer.Option(
+    "--allow-pickle", help="Also load pickled (.bin) weights, which can run code when loaded: "
+    "only for files you trust (the same as MASSEDIT_ALLOW_PICKLE=1).")]
 DeviceMapOpt = Annotated[str | None, typer.Option(
     "--device-map", help="Where the model goes: cuda, cpu, auto (several GPUs).")]
 SetOpt = Annotated[list[str] | None, typer.Option(
@@ -39,6 +43,16 @@ PushOpt = Annotated[str | None, typer.Option(
     "(private unless --public).")]
 PublicOpt = Annotated[bool, typer.Option(
     "--public", help="With --push-to-hub: make a new repository public.")]
+
+
+def allow_pickled_weights(allow: bool) -> None:
+    """``--allow-pickle``: this command's ``load_model`` calls read pickled weights too.
+    Set as the environment variable ``load_model`` already reads (docs/design.md §12), so every
+    job a command runs sees it without each one passing it on; never unset by the flag."""
+    if allow:
+        from massedit.models.loading import ALLOW_PICKLE_ENV
+
+        os.environ[ALLOW_PICKLE_ENV] = "1"
 
 
 def console(stderr: bool = False):

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from massedit.cli.common import (
+    AllowPickleOpt,
     CardFactsOpt,
     DeviceMapOpt,
     DtypeOpt,
@@ -16,6 +17,7 @@ from massedit.cli.common import (
     PublicOpt,
     PushOpt,
     SetOpt,
+    allow_pickled_weights,
     app,
     console,
     key_values,
@@ -61,6 +63,7 @@ def edit(
         help="Validate and show the plan; write nothing.")] = False,
     device_map: DeviceMapOpt = None,
     dtype: DtypeOpt = "float32",
+    allow_pickle: AllowPickleOpt = False,
     max_batches: Annotated[int | None, typer.Option(
         min=1, help="Stop after N batches this time; the same command continues later.")] = None,
     split: Annotated[str, typer.Option(help="Split of a datasets input.")] = "train",
@@ -72,6 +75,7 @@ def edit(
     public: PublicOpt = False,
 ) -> None:
     """Write the facts of an edit file into a model; report before/after in RUN_DIR."""
+    allow_pickled_weights(allow_pickle)
     from massedit.jobs.edit import EditOptions, run_edit
     from massedit.jobs.edit_files import parse_mapping
 
@@ -106,6 +110,7 @@ def apply(
     out: Annotated[Path, typer.Option("--out", help="Folder for the edited model.")],
     model: ModelOpt = DEFAULT_MODEL,
     dtype: DtypeOpt = "float32",
+    allow_pickle: AllowPickleOpt = False,
     device_map: DeviceMapOpt = None,
     card_facts: CardFactsOpt = False,
     push_to_hub: PushOpt = None,
@@ -113,6 +118,7 @@ def apply(
 ) -> None:
     """Write a patch into its base model and save the result (and its model card) with
     save_pretrained."""
+    allow_pickled_weights(allow_pickle)
     from massedit.jobs.patches import apply_patch
 
     with reported():
@@ -129,9 +135,11 @@ def revert(
     model: Annotated[str | None, typer.Option(
         "--model", help="The edited model (default: RUN_DIR/model).")] = None,
     dtype: DtypeOpt = "float32",
+    allow_pickle: AllowPickleOpt = False,
     device_map: DeviceMapOpt = None,
 ) -> None:
     """Restore the original weights of an edited model, bit for bit."""
+    allow_pickled_weights(allow_pickle)
     from massedit.jobs.patches import revert_patch
 
     with reported():

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from massedit.cli.common import DeviceMapOpt, DtypeOpt, ModelOpt, app, console, reported
+from massedit.cli.common import (
+    AllowPickleOpt,
+    DeviceMapOpt,
+    DtypeOpt,
+    ModelOpt,
+    allow_pickled_weights,
+    app,
+    console,
+    reported,
+)
 from massedit.models.loading import DEFAULT_MODEL
 
 
@@ -28,9 +37,11 @@ def sweep(
         "reduce=mean|last, value=site|stream, edit_dropout=P, sweep_tokens_per_width=N, "
         "or an EditHparams field."))] = None,
     dtype: DtypeOpt = "float32",
+    allow_pickle: AllowPickleOpt = False,
     device_map: DeviceMapOpt = None,
 ) -> None:
     """Rank every FF layer of an encoder-decoder model by the efficacy of a pair edit there."""
+    allow_pickled_weights(allow_pickle)
     from massedit.cli.common import key_values
     from massedit.seq2seq.sweep_job import run_sweep
 

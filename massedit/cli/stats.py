@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from massedit.cli.common import DeviceMapOpt, PublicOpt, app, console, reported
+from massedit.cli.common import (
+    AllowPickleOpt,
+    DeviceMapOpt,
+    PublicOpt,
+    allow_pickled_weights,
+    app,
+    console,
+    reported,
+)
 from massedit.models.loading import DEFAULT_MODEL
 
 
@@ -46,6 +54,7 @@ def stats(
     seed: Annotated[int, typer.Option(help="Seed of the 'self' corpus.")] = 0,
     model_dtype: Annotated[str, typer.Option(
         help="dtype the model runs in: float32, bfloat16, float16 or auto.")] = "float32",
+    allow_pickle: AllowPickleOpt = False,
     device_map: DeviceMapOpt = None,
     list_: Annotated[bool, typer.Option(
         "--list", help="Show what the cache holds (model, sites, corpus, tokens, size).")] = False,
@@ -58,6 +67,7 @@ def stats(
     the same command is run again. `massedit stats push|pull --repo USER/NAME` shares the cache
     through a hub dataset repository (docs/sharing.md).
     """
+    allow_pickled_weights(allow_pickle)
     with reported():
         if action is not None:
             from massedit.jobs.stats_sharing import ShareOptions, run_share

@@ -9,10 +9,12 @@ from typing import Annotated
 import typer
 
 from massedit.cli.common import (
+    AllowPickleOpt,
     DeviceMapOpt,
     DtypeOpt,
     ModelOpt,
     SetOpt,
+    allow_pickled_weights,
     app,
     console,
     key_values,
@@ -45,10 +47,12 @@ def stream(
         min=1, help="Token budget for key statistics.")] = None,
     set_: SetOpt = None,
     dtype: DtypeOpt = "float32",
+    allow_pickle: AllowPickleOpt = False,
     device_map: DeviceMapOpt = None,
 ) -> None:
     """Write N facts in batches, each on the model the previous left; plot the metrics against
     facts written, one line per method. Re-running continues after the last finished batch."""
+    allow_pickled_weights(allow_pickle)
     from massedit.evals.stream import StreamSettings
     from massedit.evals.stream_job import StreamOptions, run_stream_study
 

@@ -9,10 +9,12 @@ from typing import Annotated
 import typer
 
 from massedit.cli.common import (
+    AllowPickleOpt,
     DeviceMapOpt,
     DtypeOpt,
     ModelOpt,
     SetOpt,
+    allow_pickled_weights,
     app,
     console,
     key_values,
@@ -75,12 +77,14 @@ def eval_(
     score_batch: ScoreBatchOpt = 32,
     seed: Annotated[int, typer.Option(help="Seed of the sampled generations.")] = 0,
     dtype: DtypeOpt = "float32",
+    allow_pickle: AllowPickleOpt = False,
     device_map: DeviceMapOpt = None,
 ) -> None:
     """Score a model (and a patch on it) on CounterFact or zsRE.
 
     Writes unedited (pre) and patched (post) results per case, the summary and the
     configuration."""
+    allow_pickled_weights(allow_pickle)
     from massedit.evals.eval_job import EvalOptions, parse_n, run_eval
 
     with reported():
@@ -122,6 +126,7 @@ def compare(
     max_new_tokens: MaxNewOpt = 100,
     score_batch: ScoreBatchOpt = 32,
     dtype: DtypeOpt = "float32",
+    allow_pickle: AllowPickleOpt = False,
     device_map: DeviceMapOpt = None,
     target_store: Annotated[bool, typer.Option(
         help="Read and keep targets in the disk store of the massedit cache, so a re-run or "
@@ -132,6 +137,7 @@ def compare(
 
     Runs every method × objective × distribution × batch size × seed; re-running skips finished
     combinations."""
+    allow_pickled_weights(allow_pickle)
     from massedit.evals.eval_job import parse_n
     from massedit.evals.study import StudyOptions, run_study
     from massedit.evals.study_report import render_study

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from massedit.cli.common import DeviceMapOpt, DtypeOpt, ModelOpt, app, console, reported
+from massedit.cli.common import (
+    AllowPickleOpt,
+    DeviceMapOpt,
+    DtypeOpt,
+    ModelOpt,
+    allow_pickled_weights,
+    app,
+    console,
+    reported,
+)
 from massedit.models.loading import DEFAULT_MODEL
 
 
@@ -39,9 +48,11 @@ def trace(
     spread: Annotated[int, typer.Option(
         min=1, help="With --suggest: layers in a MEMIT/EMMET spread.")] = 5,
     dtype: DtypeOpt = "float32",
+    allow_pickle: AllowPickleOpt = False,
     device_map: DeviceMapOpt = None,
 ) -> None:
     """Corrupt the subject, restore one state at a time, and see where the fact is recalled."""
+    allow_pickled_weights(allow_pickle)
     from massedit.trace.command import TraceOptions, run_trace
     from massedit.trace.result import KINDS
 

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from massedit.cli.common import DeviceMapOpt, DtypeOpt, ModelOpt, app, console, reported
+from massedit.cli.common import (
+    AllowPickleOpt,
+    DeviceMapOpt,
+    DtypeOpt,
+    ModelOpt,
+    allow_pickled_weights,
+    app,
+    console,
+    reported,
+)
 from massedit.models.loading import DEFAULT_MODEL
 
 
@@ -37,10 +46,12 @@ def tune(
     quick: Annotated[bool, typer.Option(
         help="Sweep λ/μ only (no target-step or clamp stages).")] = False,
     dtype: DtypeOpt = "float32",
+    allow_pickle: AllowPickleOpt = False,
     device_map: DeviceMapOpt = None,
 ) -> None:
     """Trace where the model recalls facts, sweep λ/μ, target steps and clamp on a few facts,
     score the choice on held-out facts, and write a preset Editor then uses."""
+    allow_pickled_weights(allow_pickle)
     from massedit.jobs.tune import TuneOptions, run_tune
 
     with reported():

@@ -105,7 +105,7 @@ def load_model(
     ``device_map="auto"`` spreads a large model over the available GPUs (accelerate).
     Weights are read from safetensors only: pickled ``.bin``/``.pt`` files can run code when
     loaded, so they are refused unless the user asks (``allow_pickle=True``, or
-    ``$MASSEDIT_ALLOW_PICKLE=1`` for the commands; docs/design.md §12).
+    ``--allow-pickle`` or ``$MASSEDIT_ALLOW_PICKLE=1`` for the commands; docs/design.md §12).
     """
     from transformers import (
         AutoConfig,
@@ -134,8 +134,9 @@ def load_model(
             raise
         raise OSError(
             f"{name_or_path} has no safetensors weights; massedit does not load pickled weights "
-            "(.bin), which can run code when loaded. If you trust them, set "
-            f"{ALLOW_PICKLE_ENV}=1 (load_model(..., allow_pickle=True)), or convert them once "
+            "(.bin), which can run code when loaded. If you trust them, pass --allow-pickle "
+            f"to the command (or set {ALLOW_PICKLE_ENV}=1; in Python load_model(..., "
+            "allow_pickle=True)), or convert them once "
             f"with save_pretrained ({err})") from None
     model.eval()
     model.requires_grad_(False)
