@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import glob
 import json
 import logging
 import os
@@ -95,6 +96,21 @@ def sweep_temporaries(folder: PathLike) -> list[Path]:
     if removed:
         logger.info("removed %d temporary file(s) an interrupted run left in %s", len(removed),
                     folder)
+    return removed
+
+
+def sweep_temporaries_of(path: PathLike) -> list[Path]:
+    """Remove the temporaries a killed writer of ``path`` left beside it (``.<name>.*.tmp``);
+    for a caller that holds ``path``'s entry lock, so no live writer owns them."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*") if is_temporary(p)]
+    for stale in removed:
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     return removed
 
 

@@ -39,20 +39,27 @@ class Tally:
     kills: list[str] = field(default_factory=list)  # the points that killed a command
     resumed_equal: int = 0
     half_written: list[str] = field(default_factory=list)
-    temporaries: int = 0  # hidden leftovers seen after kills (swept by the next run)
+    temporaries: set[str] = field(default_factory=set)  # hidden leftovers of kills
+    commands: int = 0
+    seconds: float = 0.0  # in the commands
+
+    def ran(self, outcome) -> None:
+        self.commands += 1
+        self.seconds += outcome.seconds
 
     def check(self, *folders: Path) -> None:
         for folder in folders:
             if folder.exists():
                 report = folder_problems(folder)
                 self.half_written += report.broken
-                self.temporaries += len(report.temporaries)
+                self.temporaries.update(report.temporaries)
 
     def line(self, what: str) -> str:
         return (f"{what}: {len(self.kills)} kills at {len(set(self.kills))} distinct points, "
                 f"{self.resumed_equal} resumed run(s) equal to the uninterrupted one, "
-                f"{len(self.half_written)} half-written file(s) found, {self.temporaries} "
-                "hidden temporaries left by kills")
+                f"{len(self.half_written)} half-written file(s) found; {len(self.temporaries)} "
+                f"hidden temporaries left by kills; {self.commands} commands, "
+                f"{self.seconds:.1f} s")
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +138,7 @@ def test_edit_killed_anywhere_resumes_to_the_uninterrupted_result(world, capsys)
     seconds_to_finish = None
     for point in EDIT_KILLS:
         outcome = server.run(args, fault=point, env=env)
+        tally.ran(outcome)
         assert outcome.killed, f"{point}: not reached (exit {outcome.exit_code})\n{outcome.log}"
         tally.kills.append(point)
         tally.check(run, cache)
@@ -139,6 +147,7 @@ def test_edit_killed_anywhere_resumes_to_the_uninterrupted_result(world, capsys)
         if point == NO_SPACE_AFTER:
             _out_of_space_keeps_the_checkpoint(server, args, run, env)
     outcome = server.run(args, env=env)
+    tally.ran(outcome)
     assert outcome.exit_code == 0, outcome.log
     assert "already holds this finished run" in outcome.log
     assert folder_problems(run).temporaries == []  # the kills' leftovers were swept
@@ -153,13 +162,16 @@ def test_edit_killed_anywhere_resumes_to_the_uninterrupted_result(world, capsys)
     timed = root / "timed"
     timed_args = [*args[:-1], timed]
     for _ in range(3):
-        delay = rng.uniform(0.15, 0.9) * seconds_to_finish
+        delay = rng.uniform(0.1, 0.6) * seconds_to_finish
         outcome = server.run(timed_args, kill_after=delay, env=env)
+        tally.ran(outcome)
         if not outcome.killed:  # finished first
             break
         tally.kills.append(f"timer {delay:.2f}s")
         tally.check(timed, cache)
-    assert server.run(timed_args, env=env).exit_code == 0
+    outcome = server.run(timed_args, env=env)
+    tally.ran(outcome)
+    assert outcome.exit_code == 0, outcome.log
     _assert_same_result(root / "reference", timed)
     tally.resumed_equal += 1
 
@@ -216,6 +228,7 @@ def test_stats_killed_during_checkpoints_resume_to_the_same_statistics(world, ca
     tally = Tally()
     for point in STATS_KILLS:
         outcome = server.run([*args, "--cache-dir", cache], fault=point)
+        tally.ran(outcome)
         assert outcome.killed, f"{point}: not reached (exit {outcome.exit_code})\n{outcome.log}"
         tally.kills.append(point)
         tally.check(cache)
@@ -223,7 +236,11 @@ def test_stats_killed_during_checkpoints_resume_to_the_same_statistics(world, ca
             _out_of_space_keeps_the_stats_checkpoint(server, [*args, "--cache-dir", cache],
                                                      cache)
     outcome = server.run([*args, "--cache-dir", cache])
+    tally.ran(outcome)
     assert outcome.exit_code == 0, outcome.log
+    # The kills' temporaries were swept and no checkpoint outlived its sites' files.
+    assert folder_problems(cache).temporaries == []
+    assert not list((cache / "stats").glob("partial-*"))
     reference, resumed = _stats_files(root / "stats-ref"), _stats_files(cache)
     assert len(reference) == 2 and reference.keys() == resumed.keys()
     for name, tensors in reference.items():
@@ -247,3 +264,73 @@ def _out_of_space_keeps_the_stats_checkpoint(server, args, cache: Path) -> None:
     assert "could not write" in text and "out of disk space" in text, text[-2000:]
     assert "nothing was replaced" in text
     assert checkpoint.read_bytes() == before
+
+
+# ---- the pieces, in process ---------------------------------------------------------------------
+def test_folder_problems_finds_half_written_files_and_ignores_temporaries(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    good = tmp_path / "run" / "patch"
+    good.mkdir(parents=True)
+    (good / "patch.json").write_text("{}")
+    save_file({"x": torch.ones(3)}, str(good / "deltas.safetensors"))
+    (tmp_path / "run" / ".results.json.abc123.tmp").write_text('{"half')  # hidden: not read
+    report = folder_problems(tmp_path / "run")
+    assert report.broken == [] and report.files_checked == 2
+    assert [Path(p).name for p in report.temporaries] == [".results.json.abc123.tmp"]
+
+    cut = good.parent / "checkpoints" / "batch-000001"
+    cut.mkdir(parents=True)
+    (cut / "patch.json").write_text('{"deltas": [')  # cut short
+    data = (good / "deltas.safetensors").read_bytes()
+    (cut / "deltas.safetensors").write_bytes(data[: len(data) // 2])
+    (good.parent / "model").mkdir()
+    (good.parent / "model" / "config.json").write_text("{}")
+    broken = "\n".join(folder_problems(tmp_path / "run").broken)
+    assert "batch-000001/patch.json: JSONDecodeError" in broken
+    assert "batch-000001/deltas.safetensors: SafetensorError" in broken
+    assert "model/model.safetensors: missing" in broken
+
+
+def test_a_write_out_of_space_names_the_file_and_keeps_the_old_one(tmp_path):
+    import errno
+
+    from massedit.atomic import OutOfSpaceError, atomic_dir, atomic_path, write_json_atomic
+
+    target = write_json_atomic(tmp_path / "run.json", {"status": "running"})
+    with pytest.raises(OutOfSpaceError) as caught, atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert str(caught.value) == (
+        f"could not write {target}: No space left on device (out of disk space or over a "
+        f"file-size limit); nothing was replaced: {target} keeps its previous content")
+    assert json.loads(target.read_text()) == {"status": "running"}
+
+    class RustWriterError(Exception):  # safetensors' writer raises no OSError
+        pass
+
+    folder = tmp_path / "patch"
+    with pytest.raises(OutOfSpaceError, match="File too large .* was not created"), \
+            atomic_dir(folder):
+        raise RustWriterError("Error while serializing: I/O error: File too large (os error 27)")
+    assert list(tmp_path.iterdir()) == [target]  # no folder, no temporary
+    with pytest.raises(PermissionError), atomic_path(target):  # other errors pass as they are
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+
+def test_fault_point_kills_at_the_nth_passage_only(monkeypatch):
+    import signal
+
+    import massedit.atomic as atomic
+
+    kills = []
+    monkeypatch.setattr(atomic, "_fault_passages", {})
+    monkeypatch.setattr(atomic.os, "kill", lambda pid, sig: kills.append((pid, sig)))
+    monkeypatch.setenv("MASSEDIT_FAULT_AT", "write:checkpoints/batch-*:2")
+    for i in range(1, 4):
+        atomic.fault_point(f"write:checkpoints/batch-00000{i}")
+        atomic.fault_point("write:run/run.json")  # another point: not counted
+        if i == 1:
+            assert kills == []
+    assert kills == [(os.getpid(), signal.SIGKILL)]

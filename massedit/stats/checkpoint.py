@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 
 from massedit.atomic import write_safetensors_atomic
-from massedit.stats.cache import checksum, digest, stats_dir
+from massedit.stats.cache import cache_path, checksum, digest, stats_dir
 from massedit.stats.distributed import Dist
 
 logger = logging.getLogger(__name__)
@@ -98,3 +98,22 @@ class Checkpointer:
     def remove(self, dist: Dist) -> None:
         if dist.is_main:
             self.path.unlink(missing_ok=True)
+
+
+def remove_obsolete(root: Path) -> list[Path]:
+    """Remove checkpoints whose every site now has its file in the cache. A run killed between
+    writing its final files and removing its checkpoint leaves one behind, and the run that
+    then computes only the missing sites has another identity, so it never removes it (for a
+    large model, gigabytes). The removed paths."""
+    removed = []
+    for path in stats_dir(root).glob(f"{PREFIX}*.safetensors"):
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                identity = json.loads((fh.metadata() or {})["checkpoint"])
+            done = all(cache_path(root, fp).exists() for fp in identity["fingerprints"])
+        except Exception:  # unreadable or foreign: not ours to judge
+            continue
+        if done:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict
 
-from massedit.atomic import entry_lock
+from massedit.atomic import entry_lock, sweep_temporaries_of
 from massedit.data.corpus import DEFAULT_CORPUS, corpus_id, iter_texts
 from massedit.data.embedded import WIKITEXT_EXCERPT
 from massedit.data.locations import cache_root
@@ -34,7 +34,7 @@ from massedit.stats.cache import (
     model_identity,
     save_moment,
 )
-from massedit.stats.checkpoint import Checkpointer
+from massedit.stats.checkpoint import Checkpointer, remove_obsolete
 from massedit.stats.distributed import Dist, detect_dist
 from massedit.stats.passes import (
     PassResult,
@@ -190,6 +190,9 @@ def _compute(model, tok, layers, spec, corpus, tokens, fps, root, dist: Dist, pr
     if writable:
         checkpointer = Checkpointer(root, [fps[layer] for layer in layers], dist.world,
                                     _checkpoint_every(spec, tokens))
+        if dist.is_main:  # a killed run's half-written files; we hold these entries' locks
+            for path in [checkpointer.path, *(cache_path(root, fps[layer]) for layer in layers)]:
+                sweep_temporaries_of(path)
     texts = iter_texts(corpus, model, tok, spec.seed, rank=dist.rank, world=dist.world)
     result = collect_moments(model, tok, sites, texts, tokens, spec, dist=dist,
                              checkpointer=checkpointer, progress=progress)
@@ -208,6 +211,7 @@ def _compute(model, tok, layers, spec, corpus, tokens, fps, root, dist: Dist, pr
             logger.warning("could not cache statistics in %s: %s", root, err)
         if checkpointer is not None:
             checkpointer.remove(dist)
+            remove_obsolete(root)  # e.g. a killed run's, whose other sites were cached then
     dist.barrier()  # the files exist before any process goes on
     return PassResult({layer: result.moments[site] for layer, site in by_layer.items()},
                       result.rank_tokens, result.resumed_at)
