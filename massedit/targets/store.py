@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from massedit.atomic import entry_lock
+from massedit.atomic import entry_lock, sweep_temporaries_of
 from massedit.data.locations import cache_root
 from massedit.stats.cache import checksum, write_safetensors_atomic
 from massedit.targets.optimise import CachedTarget
@@ -88,6 +88,7 @@ class TargetStore:
             # meanwhile (same key: same request, weights and settings) leaves nothing to write.
             with entry_lock(path, what=f"target {key[:12]}"):
                 if self.get(key) is None:
+                    sweep_temporaries_of(path)  # a killed writer's; we hold the entry now
                     write_safetensors_atomic(path, tensors, meta)
         except OSError as err:
             if not self._unwritable_reported:
