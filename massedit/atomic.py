@@ -289,6 +289,10 @@ def atomic_dir(path: PathLike, *, overwrite: bool = False, complete_marker: str 
         try:
             os.replace(tmp, path)
         except OSError:
+            if old is not None:  # the old folder back in place: nothing was replaced
+                os.replace(old, path)
+                old = None
+                raise
             if complete_marker is None or not (path / complete_marker).is_file():
                 raise
             logger.info("another process wrote %s first; using its copy", path)

@@ -335,3 +335,24 @@ def test_fault_point_kills_at_the_nth_passage_only(monkeypatch):
         if i == 1:
             assert kills == []
     assert kills == [(os.getpid(), signal.SIGKILL)]
+
+
+def test_a_replacement_that_cannot_be_renamed_in_puts_the_old_folder_back(tmp_path, monkeypatch):
+    import massedit.atomic as atomic
+
+    folder = tmp_path / "patch"
+    with atomic.atomic_dir(folder) as tmp:
+        (tmp / "patch.json").write_text('{"old": true}')
+    real_replace = os.replace
+
+    def refuse_the_new_folder(src, dst):
+        if Path(src).name.endswith(".tmp"):
+            raise OSError(16, "Device or resource busy")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", refuse_the_new_folder)
+    with pytest.raises(OSError, match="busy"), atomic.atomic_dir(folder, overwrite=True) as tmp:
+        (tmp / "patch.json").write_text('{"new": true}')
+    monkeypatch.undo()
+    assert json.loads((folder / "patch.json").read_text()) == {"old": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["patch"]  # nothing aside, no temporary
