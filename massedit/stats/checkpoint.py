@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from massedit.atomic import write_safetensors_atomic
+from massedit.atomic import OutOfSpaceError, write_safetensors_atomic
 from massedit.stats.cache import cache_path, checksum, digest, stats_dir
 from massedit.stats.distributed import Dist
 
@@ -92,12 +92,17 @@ class Checkpointer:
             logger.debug("checkpoint at %d tokens: %s", progress.tokens_done, self.path)
         except OSError as err:
             self._writable = False
-            logger.warning("could not write checkpoint %s (%s): this run cannot be resumed",
-                           self.path, err)
+            logger.warning("%s; the pass goes on without checkpoints (a re-run resumes from "
+                           "the last one written, if any)", _reason(err, self.path))
 
     def remove(self, dist: Dist) -> None:
         if dist.is_main:
             self.path.unlink(missing_ok=True)
+
+
+def _reason(err: OSError, path: Path) -> str:
+    """``err`` as a sentence naming ``path`` (an out-of-space error already names it)."""
+    return str(err) if isinstance(err, OutOfSpaceError) else f"could not write {path} ({err})"
 
 
 def remove_obsolete(root: Path) -> list[Path]:
