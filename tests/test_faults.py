@@ -129,8 +129,17 @@ NO_SPACE_AFTER = "remove:checkpoints/batch-*:2"  # the disk fills up after this 
 
 
 def test_edit_killed_anywhere_resumes_to_the_uninterrupted_result(world, capsys):
-    root, server = world["root"], world["server"]
     reference = _reference_edit(world)
+    try:
+        _kill_resume_and_compare(world, reference, capsys)
+    finally:
+        if reference.poll() is None:  # the chain failed first
+            reference.kill()
+            reference.communicate()
+
+
+def _kill_resume_and_compare(world, reference: subprocess.Popen, capsys) -> None:
+    root, server = world["root"], world["server"]
     run, cache = root / "chain", root / "cache-chain"
     env = {"MASSEDIT_CACHE": str(cache)}
     args = _edit_args(world, run)

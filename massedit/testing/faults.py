@@ -132,10 +132,12 @@ class Outcome:
     signal: int | None
     log: str  # its stdout and stderr together
     seconds: float
+    timed_out: bool = False  # killed by the server's time limit, not as asked
 
     @property
     def killed(self) -> bool:
-        return self.signal == signal.SIGKILL
+        """Killed with SIGKILL as asked (by a fault point or ``kill_after``)."""
+        return self.signal == signal.SIGKILL and not self.timed_out
 
 
 class CommandServer:
@@ -167,20 +169,21 @@ class CommandServer:
 
     def run(self, argv: list[str | os.PathLike], *, fault: str | None = None,
             kill_after: float | None = None, file_size_limit: int | None = None,
-            env: dict[str, str] | None = None) -> Outcome:
+            env: dict[str, str] | None = None, timeout: float = 600) -> Outcome:
         """Run ``massedit <argv>`` in a forked child and wait for it.
 
         ``fault``: ``$MASSEDIT_FAULT_AT`` for the child (``<point>:<n>``); ``kill_after``:
         SIGKILL after that many seconds if it still runs; ``file_size_limit``: bytes, as
         ``RLIMIT_FSIZE`` with SIGXFSZ ignored, so a larger write fails with EFBIG as on a full
-        disk."""
+        disk. A command still running after ``timeout`` seconds is killed (``timed_out``)."""
         self._count += 1
         log = self.log_dir / f"command-{self._count:03d}.log"
         child_env = dict(env or {})
         if fault:
             child_env[FAULT_ENV] = fault
         request = {"argv": [str(a) for a in argv], "env": child_env, "log": str(log),
-                   "kill_after": kill_after, "file_size_limit": file_size_limit}
+                   "kill_after": kill_after, "file_size_limit": file_size_limit,
+                   "timeout": timeout}
         self._proc.stdin.write(json.dumps(request) + "\n")
         self._proc.stdin.flush()
         line = self._proc.stdout.readline()
@@ -188,7 +191,7 @@ class CommandServer:
             raise RuntimeError("the command server stopped")
         reply = json.loads(line)
         return Outcome(reply["exit_code"], reply["signal"], log.read_text(errors="replace"),
-                       reply["seconds"])
+                       reply["seconds"], reply["timed_out"])
 
     def close(self) -> None:
         if self._proc.poll() is None:
@@ -246,18 +249,18 @@ def _child(request: dict[str, Any]) -> int:
     return code
 
 
-def _wait(pid: int, kill_after: float | None) -> int:
-    """The child's wait status, killing it with SIGKILL after ``kill_after`` seconds."""
-    if kill_after is None:
-        return os.waitpid(pid, 0)[1]
-    deadline = time.monotonic() + kill_after
+def _wait(pid: int, kill_after: float | None, timeout: float) -> tuple[int, bool]:
+    """The child's wait status, killing it with SIGKILL after ``kill_after`` seconds (as
+    asked) or ``timeout`` (then the flag is True)."""
+    timed_out = kill_after is None or timeout < kill_after
+    deadline = time.monotonic() + (timeout if timed_out else kill_after)
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            return status
+            return status, False
         if time.monotonic() >= deadline:
             os.kill(pid, signal.SIGKILL)
-            return os.waitpid(pid, 0)[1]
+            return os.waitpid(pid, 0)[1], timed_out
         time.sleep(0.01)
 
 
@@ -279,10 +282,10 @@ def serve() -> None:
                 code = _child(request)
             finally:
                 os._exit(code)
-        status = _wait(pid, request["kill_after"])
+        status, timed_out = _wait(pid, request["kill_after"], request["timeout"])
         reply = {"exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
                  "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-                 "seconds": round(time.monotonic() - start, 3)}
+                 "seconds": round(time.monotonic() - start, 3), "timed_out": timed_out}
         print(json.dumps(reply), flush=True)
 
 
