@@ -165,7 +165,7 @@ def test_gradient_factors_are_the_fine_tuning_gradient(records_file):
     factors, _ = gradient_factors(model, sites, rows)
     params = [get_module(model, s).weight for s in sites]
     model.zero_grad()
-    target_nll(model(**rows.batch).logits, rows).backward()
+    target_nll(model(**rows.batch).logits, rows, reduce="sum").backward()  # summed requests
     for site, p in zip(sites, params, strict=True):
         x, d = factors[site]  # (t, d_in), (t, d_out)
         direct = p.grad.T if adapter.layout == "conv1d" else p.grad  # (d_out, d_in)

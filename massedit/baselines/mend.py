@@ -2,7 +2,7 @@
 the ROME and MEMIT papers (docs/design.md §4; docs/plugins.md, whole editors).
 
 An edit is one step of a *learned* fine-tuning: the gradient of the new target's NLL after the
-prompt (all requests of the batch, each request's tokens averaged, then the requests) is taken
+prompt (each request's tokens averaged, the batch's requests summed) is taken
 at the edit sites as its rank-1 factors ``(x_t, δ_t)``; the hypernetwork
 (:mod:`massedit.baselines.mend_net`) maps them to ``(x̃_t, δ̃_t)`` and the site gets
 ``ΔW = −η_l Σ_t δ̃_t x̃_tᵀ``, written as factors through ``context.write``. The network is trained

@@ -66,14 +66,15 @@ def token_rows(tok, texts: Sequence[str], targets: Sequence[str | None], device)
     return TokenRows(pad_right(seqs, pad_id_of(tok), device), t(rows), t(pos), t(ids), t(lens))
 
 
-def target_nll(logits: torch.Tensor, rows: TokenRows) -> torch.Tensor:
-    """Mean over the rows with a target of each row's mean target-token NLL (a scalar);
-    ``logits`` (rows, len, vocab)."""
+def target_nll(logits: torch.Tensor, rows: TokenRows, reduce: str = "mean") -> torch.Tensor:
+    """Mean (or ``reduce="sum"``) over the rows with a target of each row's mean target-token
+    NLL (a scalar); ``logits`` (rows, len, vocab)."""
     logp = logits[rows.tgt_row, rows.tgt_pos].float().log_softmax(-1)  # (n_tgt, vocab)
     tok_nll = -logp.gather(1, rows.tgt_id[:, None])[:, 0]  # (n_tgt,)
     row_nll = torch.zeros(rows.n_rows, device=tok_nll.device).index_add(0, rows.tgt_row, tok_nll)
     has = rows.tgt_len > 0
-    return (row_nll[has] / rows.tgt_len[has]).mean()
+    per_row = row_nll[has] / rows.tgt_len[has]
+    return per_row.sum() if reduce == "sum" else per_row.mean()
 
 
 def locality_kl(base_logits: torch.Tensor, logits: torch.Tensor,
@@ -96,8 +97,11 @@ def edit_rows_mask(rows: TokenRows, edit_rows: int) -> TokenRows:
 
 def gradient_factors(model, sites: Sequence[str], rows: TokenRows
                      ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-    """The factors of ``∂L/∂W = Σ_t δ_t x_tᵀ`` at each site for ``L = target_nll`` of the rows
-    with a target, on the model's current weights, and the pass's logits (detached).
+    """The factors of ``∂L/∂W = Σ_t δ_t x_tᵀ`` at each site for ``L`` = the *sum* over the rows
+    with a target of their mean target-token NLL, on the model's current weights, and the
+    pass's logits (detached). A sum, not a mean: each request of a batch contributes the
+    gradient it has alone (the network is trained on single edits, the paper's ``edit_bs = 1``),
+    as targets are summed (docs/design.md §5).
 
     Returns ``{site: (x (t, d_in), δ (t, d_out))}`` over the tokens where both are non-zero
     (padding, positions after the last target and rows without target give ``δ = 0``, as
@@ -117,7 +121,7 @@ def gradient_factors(model, sites: Sequence[str], rows: TokenRows
         handles.append(get_module(model, site).register_forward_hook(hook))
     with frozen_parameters(model), removed_after(handles), torch.enable_grad():
         logits = model(**rows.batch, use_cache=False).logits  # (rows, len, vocab)
-        loss = target_nll(logits, rows)
+        loss = target_nll(logits, rows, reduce="sum")
         grads = torch.autograd.grad(loss, [outputs[s] for s in sites])
     factors = {}
     for site, grad in zip(sites, grads, strict=True):
