@@ -40,7 +40,8 @@ fi
 mkdir -p "$OUT"
 status=0
 
-echo "== 1. environment" | tee "$OUT/environment.txt"
+echo "== 1. environment"
+: > "$OUT/environment.txt"
 {
   date -u
   if [[ "$DEVICE" == cuda* ]]; then nvidia-smi || echo "nvidia-smi not found"; fi
@@ -92,8 +93,10 @@ print(f"statistics: {s['tokens']} tokens x {s['sites']} sites in {s['seconds']} 
 print(f"edit: MEMIT {e['facts']} facts in one batch, {e['dtype']}, layers {e['layers']}: "
       f"{e['seconds']} s = {e['seconds_per_fact']} s/fact; targets {e['targets_seconds']} s "
       f"({e['targets_per_second']} targets/s), keys and solves {e['keys_and_solves_seconds']} s; "
-      f"peak memory {e['peak_memory_gb']} GB ({e['peak_memory_kind']})")
-fmt = lambda d: " ".join(f"{k.split('_')[0][:4]} {v:.1f}" for k, v in d.items() if v is not None)
+      f"peak memory {e['peak_memory_gb']} GB, {e['peak_memory_kind']}")
+names = {"efficacy_success": "ES", "paraphrase_success": "PS", "neighborhood_success": "NS",
+         "score": "Score"}
+fmt = lambda d: " ".join(f"{names[k]} {v:.1f}" for k, v in d.items() if v is not None)
 print(f"quality on {q['measured']} edited facts: before {fmt(q['before'])} | after {fmt(q['after'])}")
 print(f"revert bit-exact: {r['revert_bit_exact']}; tiny llama on {env['device']} vs cpu: max "
       f"|dW| {a['max_abs_weight_difference']:.3g} (weights up to {a['max_abs_weight']:.3g})")
