@@ -27,8 +27,10 @@ from massedit.baselines.mend_train import (
 from massedit.engine.requests import RequestError
 from massedit.models.adapters import get_adapter, get_module, read_weight
 from massedit.testing import check_method, tiny_model
-from massedit.testing.conformance_edits import TINY_REQUESTS
+from massedit.testing.conformance_edits import KIT_TOY_MODELS, TINY_REQUESTS, ToyThresholds
+from massedit.testing.mend_toyworld import MEND_TOY, kit_subjects, write_training_records
 from massedit.testing.tiny_seq2seq import tiny_seq2seq_model
+from massedit.testing.toyworld import toy_world_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -177,6 +179,22 @@ def test_patch_round_trip_in_the_conformance_kit(records_file, cache, tmp_path):
     report = check_method("mend", toy_arch=None, workdir=tmp_path, tiny_overrides={
         **TINY_MEND, "mend_train_data": str(records_file), "mend_train_steps": 5})
     assert report.passed, str(report)
+
+
+def test_mend_passes_its_own_toy_world_bars_and_the_report_says_so(tmp_path):
+    # The toy model and the trained network live in the user cache: about 35 s the first time
+    # (training), a few seconds after.
+    _, _, world = toy_world_model("gpt2", spec=KIT_TOY_MODELS["gpt2"][0])
+    path = write_training_records(world, tmp_path / "mend-toy-train.json")
+    trained_on = {r["subject"] for r in json.loads(path.read_text())}
+    assert trained_on and not trained_on & kit_subjects(world)  # nothing the kit measures
+    report = check_method("mend", tiny_types=(), workdir=tmp_path,
+                          overrides={**MEND_TOY, "mend_train_data": str(path)})
+    assert report.passed, str(report)
+    default = ToyThresholds()
+    for metric, bar in MendHparams.toy_world_bars.items():
+        assert (f"toy world {metric} ≥ {bar:.2f} (method's own; default "
+                f"{getattr(default, metric):.2f})") in report.checks()
 
 
 def test_bad_input_is_refused_before_any_work(records_file, cache):

@@ -188,7 +188,7 @@ def hypernetwork(model, tok, hp, sites: Sequence[str], weights: dict[str, torch.
                     "settings": json.dumps(settings, sort_keys=True),
                     "training": json.dumps(report)})
                 logger.info("MEND: hypernetwork saved to %s", path)
-    return net.eval(), path
+    return net.to(model_device(model)).eval(), path  # a cached one is read onto the CPU
 
 
 def training_report(path: Path) -> dict[str, Any]:
