@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class MendHparams(EditHparams):
     """MEND's settings; ``layers`` are the layers whose MLP output weight MEND edits (the
-    paper's: the last three). Every ``mend_*`` field but ``mend_heldout`` decides the trained
-    network (another value trains another one, cached beside the first)."""
+    paper's: the last three). Every ``mend_*`` field decides the trained network (another
+    value trains another one, cached beside the first)."""
 
     mend_rank: int = 1920  # rank of the low-rank residual layers (the paper's GPT-2 XL setting)
     mend_hidden: int = 1  # hidden low-rank layers (the network has mend_hidden + 1)

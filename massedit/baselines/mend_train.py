@@ -121,11 +121,14 @@ def training_records(source: str, limit: int, heldout: int) -> list[TrainingReco
 def training_settings(model, tok, hp, sites: Sequence[str], shape: tuple[int, int]) -> dict:
     """Everything the trained network depends on (its cache key)."""
     source = str(hp.mend_train_data)
+    data: dict[str, Any] = {"source": source, "records": hp.mend_train_records,
+                            "heldout": hp.mend_heldout}
+    if Path(source).expanduser().is_file():  # a file by its content; a named data set by name,
+        # so a cached network serves without the training data at hand
+        data.update(source=Path(source).name, sha256=sha256_file(Path(source).expanduser()))
     return {
         "format": FORMAT, "model": model_identity(model), "vocab": len(tok),
-        "sites": list(sites), "shape": list(shape),
-        "data": {"source": Path(source).name, "sha256": sha256_file(records_file(source)),
-                 "records": hp.mend_train_records, "heldout": hp.mend_heldout},
+        "sites": list(sites), "shape": list(shape), "data": data,
         **{k: getattr(hp, k) for k in (
             "mend_rank", "mend_hidden", "mend_edit_lr", "mend_lr", "mend_lr_lr", "mend_c_edit",
             "mend_c_loc", "mend_train_steps", "mend_train_batch", "mend_grad_clip", "seed")},
