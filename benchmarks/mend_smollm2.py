@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--n", type=int, default=10, help="dev records 0..n-1, one edit each")
     ap.add_argument("--set", action="append", default=[], help="key=value MEND setting")
+    ap.add_argument("--generation", action="store_true",
+                    help="also fluency: n-gram entropy of sampled generations (slower)")
     ap.add_argument("--out", default="runs/mend-smollm2")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -51,13 +53,13 @@ def main() -> None:
                 training.get("seconds"))
 
     cases = load_eval_dataset("counterfact", n=args.n)
-    before = counterfact_scores(model, tok, cases)
+    before = counterfact_scores(model, tok, cases, generation=args.generation)
     after, seconds = [], []
     for case in cases:
         t = time.perf_counter()
         patch = editor.edit([case.request])
         seconds.append(time.perf_counter() - t)
-        after += counterfact_scores(model, tok, [case])
+        after += counterfact_scores(model, tok, [case], generation=args.generation)
         patch.revert(model)
     result = {
         "model": args.model, "n": len(cases), "settings": overrides, "network": str(path),

@@ -2,8 +2,8 @@
 the ROME and MEMIT papers (docs/design.md §4; docs/plugins.md, whole editors).
 
 An edit is one step of a *learned* fine-tuning: the gradient of the new target's NLL after the
-prompt (each request's tokens averaged, the batch's requests summed) is taken
-at the edit sites as its rank-1 factors ``(x_t, δ_t)``; the hypernetwork
+prompt (each request's tokens averaged, the batch's requests summed) is taken at the edit
+sites as its rank-1 factors ``(x_t, δ_t)``; the hypernetwork
 (:mod:`massedit.baselines.mend_net`) maps them to ``(x̃_t, δ̃_t)`` and the site gets
 ``ΔW = −η_l Σ_t δ̃_t x̃_tᵀ``, written as factors through ``context.write``. The network is trained
 once per model and settings on CounterFact training records (never the evaluation's) and kept
@@ -17,6 +17,8 @@ Differences from the paper, on purpose (besides those in ``mend_net``):
   each, with an outer learning rate of 1e-4 instead of 1e-6 so that it learns in that budget;
 - the edit loss reads the edit prompt and its rephrasing (the paper: the rephrasing), and
   locality prompts are the CounterFact records' own (the paper: Natural Questions for zsRE);
+- a batch of requests sums their gradients (each as if alone; the network is trained on single
+  edits), where the paper's batched edits average them and train on batches;
 - decoder-only models only (``check_model``).
 """
 
