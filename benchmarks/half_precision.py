@@ -31,7 +31,10 @@ from massedit.atomic import write_json_atomic
 from massedit.data.locations import default_data_root, require_mirror_file
 
 logger = logging.getLogger("half_precision")
-METRICS = ("efficacy_success", "paraphrase_success", "neighborhood_success", "score")
+# The success rates and Score, then the magnitudes (mean probability gaps, continuous: where
+# the rates of two dtypes tie, these still show how far apart they are).
+METRICS = ("efficacy_success", "paraphrase_success", "neighborhood_success", "score",
+           "efficacy_magnitude", "paraphrase_magnitude", "neighborhood_magnitude")
 
 
 def run_dtype(dtype: str, args, corpus: str) -> dict:
@@ -39,19 +42,20 @@ def run_dtype(dtype: str, args, corpus: str) -> dict:
     from rich.console import Console
 
     from massedit.evals.evaluation import EvalSettings
-    from massedit.evals.study import Combination, StudyOptions, run_study
+    from massedit.evals.study import RESULTS, Combination, StudyOptions, run_study
 
     opts = StudyOptions(
         model=args.model, dataset="counterfact", out=Path(args.out) / dtype, methods=("memit",),
         batch_sizes=(args.n,), n=args.n, stats_corpus=corpus, dtype=dtype,
         settings=EvalSettings(fluency=False), progress=False)
+    combo = Combination("memit", args.n)
     t0 = time.perf_counter()
     try:
-        result = run_study(opts, Console(), [Combination("memit", args.n)])
+        result = run_study(opts, Console(), [combo])
     except Exception as err:  # recorded: e.g. fp16 overflow stops that dtype, not the others
         logger.warning("%s failed: %s", dtype, err)
         return {"dtype": dtype, "status": "error", "error": f"{type(err).__name__}: {err}"}
-    record = json.loads(next((result.out / "results").glob("*.json")).read_text())
+    record = json.loads((result.out / RESULTS / f"{combo.slug}.json").read_text())
     unedited = json.loads((result.out / "unedited.json").read_text())["summary"]
     out = {"dtype": dtype, "status": record["status"],
            "wall_seconds_this_run": round(time.perf_counter() - t0, 1),
