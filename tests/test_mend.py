@@ -22,6 +22,7 @@ from massedit.baselines.mend_train import (
     cache_path,
     load_network,
     train_network,
+    training_records,
     training_settings,
 )
 from massedit.engine.requests import RequestError
@@ -31,6 +32,7 @@ from massedit.testing.conformance_edits import KIT_TOY_MODELS, TINY_REQUESTS, To
 from massedit.testing.mend_toyworld import MEND_TOY, kit_subjects, write_training_records
 from massedit.testing.tiny_seq2seq import tiny_seq2seq_model
 from massedit.testing.toyworld import toy_world_model
+from tests.conftest import needs_data, shared_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -220,6 +222,22 @@ def test_bad_input_is_refused_before_any_work(records_file, cache):
         Editor(model, tok, "mend", progress=False,
                **{**settings, "mend_train_data": "no-such-file"}).edit(list(TINY_REQUESTS))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@needs_data("counterfact/counterfact_train_easyedit.json", "counterfact/counterfact_dev.json")
+def test_training_never_sees_the_evaluation_records():
+    dev = json.loads((shared_data() / "counterfact/counterfact_dev.json").read_text())
+    dev_subjects = {r["requested_rewrite"]["subject"] for r in dev}
+    dev_prompts = {r["requested_rewrite"]["prompt"].format(r["requested_rewrite"]["subject"])
+                   for r in dev}
+    records = training_records("counterfact_easyedit", 10**6, heldout=2000)
+    # The shared training file holds all 216 dev records (by case id; 245 records share a
+    # subject with one): none is left.
+    assert len(records) == 10000 - 245
+    assert not {r.subject for r in records} & dev_subjects
+    assert not {r.prompt for r in records} & dev_prompts
+    everything = training_records("counterfact_easyedit", 10**6, heldout=0)
+    assert len(everything) == 10000 and len({r.prompt for r in everything} & dev_prompts) == 216
 
 
 def test_presets_parse_and_edit_the_last_three_layers():

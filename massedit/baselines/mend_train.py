@@ -68,6 +68,7 @@ class TrainingRecord:
     target_new: str
     rephrase: str | None = None
     locality: str | None = None
+    subject: str | None = None
 
 
 def records_file(source: str) -> Path:
@@ -108,7 +109,7 @@ def training_records(source: str, limit: int, heldout: int) -> list[TrainingReco
             continue
         out.append(TrainingRecord(r["prompt"], r["target_new"].strip(),
                                   r.get("rephrase_prompt") or None,
-                                  r.get("locality_prompt") or None))
+                                  r.get("locality_prompt") or None, r.get("subject")))
         if len(out) == limit:
             break
     if not out:
