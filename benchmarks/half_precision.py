@@ -37,6 +37,28 @@ METRICS = ("efficacy_success", "paraphrase_success", "neighborhood_success", "sc
            "efficacy_magnitude", "paraphrase_magnitude", "neighborhood_magnitude")
 
 
+FAMILIES = ("rewrite_prompts_probs", "paraphrase_prompts_probs", "neighborhood_prompts_probs")
+
+
+def prompt_agreement(base_rows: list[dict], rows: list[dict]) -> dict:
+    """Prompt by prompt against fp32: how many change sides (P(new) > P(true) or not), and how
+    far the probabilities of both targets moved (median, 95th percentile, largest)."""
+    gaps, flips, prompts = [], 0, 0
+    for a, b in zip(base_rows, rows, strict=True):
+        assert a["case_id"] == b["case_id"]
+        for family in FAMILIES:
+            for pa, pb in zip(a[family], b[family], strict=True):
+                prompts += 1
+                flips += (pa["target_new"] > pa["target_true"]) != (pb["target_new"] >
+                                                                   pb["target_true"])
+                gaps += [abs(pa[t] - pb[t]) for t in ("target_new", "target_true")]
+    gaps.sort()
+    return {"prompts": prompts, "changed_sides": flips,
+            "median_abs_probability_change": gaps[len(gaps) // 2],
+            "p95_abs_probability_change": gaps[int(0.95 * len(gaps))],
+            "max_abs_probability_change": gaps[-1]}
+
+
 def run_dtype(dtype: str, args, corpus: str) -> dict:
     """One study (MEMIT, one batch of ``args.n``) on the model loaded in ``dtype``."""
     from rich.console import Console
@@ -63,6 +85,7 @@ def run_dtype(dtype: str, args, corpus: str) -> dict:
     if record["status"] != "finished":
         out["error"] = record.get("error")
         return out
+    out["rows"] = record["rows"]  # for prompt_agreement; not written
     out.update(edited={m: record["summary"].get(m) for m in METRICS},
                seconds_per_fact=round(record["seconds_per_edit"], 3),
                seconds_edit=record["seconds"], layers=record["layers"])
@@ -92,6 +115,9 @@ def main() -> None:
         if base is not None and "edited" in r:
             r["minus_float32"] = {m: round(r["edited"][m] - base["edited"][m], 2)
                                   for m in METRICS if r["edited"].get(m) is not None}
+            r["prompts_against_float32"] = prompt_agreement(base["rows"], r["rows"])
+    for r in results:
+        r.pop("rows", None)
     summary = {"model": args.model, "n": args.n, "method": "memit", "batch_size": args.n,
                "threads": torch.get_num_threads(), "torch": torch.__version__,
                "results": results}
