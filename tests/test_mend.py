@@ -127,14 +127,15 @@ def test_a_cached_file_of_other_settings_is_not_used(records_file, cache):
 
 def _post_edit_nll(model, tok, net, sites, weights, layout) -> float:
     """Mean NLL of each TINY_REQUEST's new target after its own MEND edit (not trained on)."""
-    from massedit.baselines.finetune import _as_parameter
+    from massedit.baselines.weights import weight_with_delta
 
     total = 0.0
     for r in TINY_REQUESTS:
         rows = token_rows(tok, [r.text], [r.target_new], "cpu")
         factors, _ = gradient_factors(model, sites, rows)
         with torch.no_grad():
-            params = {f"{s}.weight": _as_parameter(weights[s], net.update(*factors[s], i), layout)
+            params = {f"{s}.weight": weight_with_delta(weights[s], net.update(*factors[s], i),
+                                                       layout)
                       for i, s in enumerate(sites)}
             total += float(target_nll(edited_logits(model, rows, params), rows))
     return total / len(TINY_REQUESTS)

@@ -32,6 +32,7 @@ from typing import ClassVar
 import torch
 from torch.func import functional_call
 
+from massedit.baselines.weights import row_target_nll, weight_with_delta
 from massedit.contracts import Delta, EditHparams, EditRequest, WholeEditContext
 from massedit.engine.forward import model_device
 from massedit.engine.hooks import frozen_parameters
@@ -96,11 +97,8 @@ def request_nll(model, rows: Rows, n: int, weights: dict[str, torch.Tensor],
     batch = {k: v[:n] for k, v in rows.batch.items()}  # (n, len): rewrite rows only
     out = functional_call(model, weights, args=(), kwargs={**batch, "use_cache": False})
     keep = rows.tgt_row < n  # the target tokens of these rows
-    row, pos, tgt = rows.tgt_row[keep], rows.tgt_pos[keep], rows.tgt_id[keep]
-    logp = out.logits[row, pos].float().log_softmax(-1)  # (n_tgt, vocab)
-    tok_nll = -logp.gather(1, tgt[:, None])[:, 0]  # (n_tgt,)
-    row_nll = torch.zeros(n, device=tok_nll.device).index_add(0, row, tok_nll)
-    total = (row_nll / rows.tgt_len[:n]).sum()
+    total = row_target_nll(out.logits, rows.tgt_row[keep], rows.tgt_pos[keep],
+                           rows.tgt_id[keep], rows.tgt_len[:n]).sum()
     if total.requires_grad:
         (scale * total).backward()
     return total.detach()
@@ -136,7 +134,7 @@ def fine_tune(model, tok, requests: Sequence[EditRequest], hparams: EditHparams,
             with torch.set_grad_enabled(train):
                 loss = 0.0
                 for r in rows:  # a fresh graph of the weights per chunk: each is backpropagated
-                    weights = {f"{s}.weight": _as_parameter(base[s], deltas[s], layout)
+                    weights = {f"{s}.weight": weight_with_delta(base[s], deltas[s], layout)
                                for s in sites}
                     loss += float(request_nll(model, r, r.n_rewrite, weights, 1.0 / n)) / n
             losses.append(loss)
@@ -158,9 +156,4 @@ def fine_tune(model, tok, requests: Sequence[EditRequest], hparams: EditHparams,
         info = {"linf": float(d.abs().max()), "norm_constraint": eps}
         context.write(layer, Delta(dense=d, info=info))
 
-
-def _as_parameter(weight: torch.Tensor, delta: torch.Tensor, layout: str) -> torch.Tensor:
-    """``cast(fp32(W) + ΔW)`` (what the patch writes), in the parameter's own layout."""
-    w = (weight.to(torch.float32) + delta).to(weight.dtype)  # (d_out, d_in)
-    return w.T if layout == "conv1d" else w
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
+from massedit.baselines.weights import row_target_nll
 from massedit.engine.hooks import frozen_parameters, removed_after
 from massedit.engine.tokens import encode_target, pad_id_of, pad_right
 from massedit.models.adapters import get_module
@@ -69,11 +70,8 @@ def token_rows(tok, texts: Sequence[str], targets: Sequence[str | None], device)
 def target_nll(logits: torch.Tensor, rows: TokenRows, reduce: str = "mean") -> torch.Tensor:
     """Mean (or ``reduce="sum"``) over the rows with a target of each row's mean target-token
     NLL (a scalar); ``logits`` (rows, len, vocab)."""
-    logp = logits[rows.tgt_row, rows.tgt_pos].float().log_softmax(-1)  # (n_tgt, vocab)
-    tok_nll = -logp.gather(1, rows.tgt_id[:, None])[:, 0]  # (n_tgt,)
-    row_nll = torch.zeros(rows.n_rows, device=tok_nll.device).index_add(0, rows.tgt_row, tok_nll)
     has = rows.tgt_len > 0
-    per_row = row_nll[has] / rows.tgt_len[has]
+    per_row = row_target_nll(logits, rows.tgt_row, rows.tgt_pos, rows.tgt_id, rows.tgt_len)[has]
     return per_row.sum() if reduce == "sum" else per_row.mean()
 
 

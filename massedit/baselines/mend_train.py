@@ -38,7 +38,6 @@ from typing import Any
 import torch
 
 from massedit.atomic import entry_lock, write_safetensors_atomic
-from massedit.baselines.finetune import _as_parameter
 from massedit.baselines.mend_net import GradientTransform
 from massedit.baselines.mend_passes import (
     edit_rows_mask,
@@ -48,6 +47,7 @@ from massedit.baselines.mend_passes import (
     target_nll,
     token_rows,
 )
+from massedit.baselines.weights import weight_with_delta
 from massedit.data.datasets import DataUnavailable, dataset_file
 from massedit.data.download import sha256_file
 from massedit.data.locations import cache_root
@@ -276,7 +276,7 @@ def train_step(model, tok, net: GradientTransform, opt, sites: Sequence[str],
     params = {}
     for i, site in enumerate(sites):
         x, d = factors[site]
-        params[f"{site}.weight"] = _as_parameter(weights[site], net.update(x, d, i), layout)
+        params[f"{site}.weight"] = weight_with_delta(weights[site], net.update(x, d, i), layout)
     logits = edited_logits(model, rows, params)  # (rows, len, vocab)
     l_edit = target_nll(logits, edit_rows_mask(rows, n_target))
     loss = hp.mend_c_edit * l_edit
