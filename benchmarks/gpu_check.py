@@ -128,6 +128,9 @@ def run(args) -> dict:
     wikitext = mirror_file("wikitext-2/valid.txt")
     corpus = args.stats_corpus or (str(wikitext) if wikitext else None)  # None: the default
     overrides = {"v_num_grad_steps": 5} if args.quick else {}
+    # --set: e.g. target_rows=512 (larger target groups use a large GPU better; they never
+    # change a target, docs/scale.md); recorded in the JSON's arguments.
+    overrides.update(item.split("=", 1) for item in args.set)
     with tempfile.TemporaryDirectory() as fresh_cache:  # statistics computed, not read
         spec = StatsSpec(corpus=corpus, tokens=args.stats_tokens, cache_dir=fresh_cache)
         editor = Editor(model, tok, "memit", stats=spec, progress=not args.no_progress,
@@ -192,6 +195,8 @@ def main() -> None:
                          "5000)")
     ap.add_argument("--stats-corpus", default=None)
     ap.add_argument("--dataset", default=None, help="facts (default: see above)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="MEMIT hyper-parameter override (repeatable), e.g. target_rows=512")
     ap.add_argument("--quick", action="store_true", help="shrink everything: a dry run")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-progress", action="store_true")

@@ -5,6 +5,7 @@
 #                                                    # test suite trains its toy models once)
 #   benchmarks/gpu_check.sh --device cpu --quick     # the dry run: a few test files, 10 facts
 #   benchmarks/gpu_check.sh --skip-tests             # only the measurements
+#   benchmarks/gpu_check.sh --set target_rows=512    # passed to gpu_check.py (repeatable)
 #
 # Steps, each logged under --out (default runs/gpu_check):
 #   1. environment.txt: nvidia-smi, torch and CUDA versions;
@@ -23,13 +24,15 @@ DEVICE=cuda
 QUICK=0
 TESTS=1
 OUT=runs/gpu_check
+EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --skip-tests) TESTS=0; shift ;;
+    --set) EXTRA+=(--set "$2"); shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -73,6 +76,7 @@ fi
 echo "== 3. MEMIT on SmolLM2 (bf16) on $DEVICE"
 ARGS=(--device "$DEVICE" --dtype bfloat16 --out "$OUT/gpu_check.json" --no-progress)
 [[ $QUICK == 1 ]] && ARGS+=(--quick)
+ARGS+=("${EXTRA[@]}")
 [[ "$DEVICE" == cpu ]] && ARGS+=(--threads "${THREADS:-1}")
 if ! "$PY" benchmarks/gpu_check.py "${ARGS[@]}" > "$OUT/gpu_check.log" 2>&1; then
   status=1
