@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from massedit import EditError, Editor, StatsSpec
 from massedit.engine.patch import EditPatch
+from massedit.engine.precision import HalfPrecisionOverflowError
 from massedit.models.adapters import get_adapter, get_module, read_weight
-from massedit.targets.precision import HalfPrecisionOverflowError
 from massedit.testing import tiny_model
 from tests.test_cli import FACTS, invoke, write_csv
 from tests.test_engine_algebra import FAST, REQUESTS
@@ -124,3 +124,16 @@ def test_cli_edit_in_bfloat16_saves_bf16_and_reverts_bit_exact(tiny_corpus, stat
     assert reverted.keys() == saved.keys()
     for name, value in reverted.items():
         assert value.dtype == torch.bfloat16 and torch.equal(value, base16[name]), name
+
+
+def test_float16_overflow_in_statistics_is_named_and_nothing_is_cached(tiny_corpus, tmp_path):
+    """Block 0 overflows: the statistics pass (which runs it) stops with the named error, and
+    no statistics file is written (a cached inf sum would poison later edits)."""
+    model, tok = tiny_model("llama")
+    model = model.half()
+    _overflow_above(model, 0)
+    editor = _editor(model, tok, tiny_corpus, tmp_path)
+    with pytest.raises(HalfPrecisionOverflowError, match="float16 overflow in the statistics "
+                                                         "pass: the key sums"):
+        editor.moments()
+    assert not list((tmp_path / "stats").rglob("*.safetensors"))

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from massedit.engine.hooks import capture, run_until, stop_after
+from massedit.engine.precision import check_finite, half_dtype
 from massedit.engine.problem import SecondMoment
 from massedit.models.adapters import get_module
 from massedit.models.placement import execution_device, input_device
@@ -206,6 +207,13 @@ class _SiteSums:
     def full(self, site: str) -> torch.Tensor:
         return symmetrised(self.sums[site], self.blocks[site])
 
+    def check_finite(self, half: torch.dtype | None) -> None:
+        """In a half-precision model, inf/NaN sums are an overflow of its forward passes
+        (docs/design.md §1): raise, naming it, rather than store them."""
+        for site, total in self.sums.items():
+            check_finite(half, total, "the statistics pass", f"the key sums kᵀk at {site} "
+                         "(forward passes up to it)")
+
 
 @torch.no_grad()
 def collect_moments(
@@ -224,6 +232,7 @@ def collect_moments(
     m = TEXTS_PER_BATCH * spec.batch_size
     state = PassProgress(rank_tokens=[0] * dist.world)
     acc = _SiteSums(model, sites, getattr(torch, spec.dtype))
+    half = half_dtype(model)  # fp16/bf16 overflow is named before a checkpoint or file is written
     it = iter(texts)
     restored = checkpointer.load(dist) if checkpointer is not None else None
     if restored is not None:
@@ -251,11 +260,14 @@ def collect_moments(
             bar.update(state.tokens_done - before)
             if (checkpointer is not None and state.tokens_done < tokens
                     and checkpointer.due(before, state.tokens_done)):
+                if dist.world == 1:  # one rank raising before the others' collective would hang
+                    acc.check_finite(half)
                 checkpointer.save(state, acc.sums, dist)
     finally:
         bar.close()
     for total in acc.sums.values():
         dist.all_reduce_(total)
+    acc.check_finite(half)  # reduced sums: every rank raises alike
     if state.tokens_done == 0:
         raise ValueError("the statistics corpus gave no tokens")
     if state.tokens_done < tokens and dist.is_main:

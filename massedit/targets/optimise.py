@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 
 from massedit.engine.hooks import frozen_parameters
 from massedit.engine.hparams import EditHparams
+from massedit.engine.precision import check_finite, half_dtype
 from massedit.engine.requests import EditRequest
 from massedit.engine.tokens import encode_target, encode_with_subject
 from massedit.models.placement import input_device
 from massedit.targets.passes import GroupPass
-from massedit.targets.precision import check_finite, half_dtype
 from massedit.targets.rows import build_rows
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,9 @@ def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> 
         kl = _spread((kl_lp.exp() * (kl_lp - ref)).sum(-1), out.kl_kept)  # (n,) KL(P_δ ‖ P_0)
         wd = hp.v_weight_decay * delta.norm(dim=-1) / h.norm(dim=-1) ** 2
         loss = nll + hp.kl_factor * kl + wd  # (n,)
-        check_finite(half, "loss", loss, group.block_name, it)
+        if half is not None:
+            check_finite(half, loss, "the target optimisation", f"the loss at step {it} "
+                         f"(forward passes through {group.block_name} and the blocks above it)")
         if logger.isEnabledFor(logging.DEBUG):  # the loss's parts, per request, at this δ
             logger.debug("targets: step %d nll %s kl %s wd %s done %s", it, nll.tolist(),
                          kl.tolist(), wd.tolist(), done.tolist())
@@ -206,7 +208,8 @@ def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> 
             delta.mul_(scale)
         bar.set_postfix(active=int((~done).sum()), nll=f"{float(last_nll.nanmean()):.3f}")
     delta = delta.detach()
-    check_finite(half, "optimised δ", delta, group.block_name, hp.v_num_grad_steps - 1)
+    check_finite(half, delta, "the target optimisation", "the optimised δ (forward passes "
+                 f"through {group.block_name} and the blocks above it)")
     if not torch.isfinite(delta).all():
         raise FloatingPointError("target optimisation produced non-finite values")
     return TargetResult(z=h + delta, h=h.clone(), nll=last_nll, steps=steps)
