@@ -116,12 +116,15 @@ def _accept_group_callback() -> None:
 def child(spec: dict) -> dict:
     """One measurement (runs in its own process)."""
     overrides = dict(spec.get("set", {}))
+    old_preset = None
     if spec["variant"] == "old":
         import yaml
 
         sys.meta_path.insert(0, _OldSource({name: git_show(spec["baseline"], path)
                                             for name, path in OWNED.items()}))
-        overrides = {**yaml.safe_load(git_show(spec["baseline"], PRESET)), **overrides}
+        # The whole old preset (settings it did not name take EditHparams' defaults), not the
+        # current preset with the old one's keys over it.
+        old_preset = yaml.safe_load(git_show(spec["baseline"], PRESET))
     rss = _PeakRss()
     stages: dict[str, float] = {}
     import torch
@@ -139,8 +142,11 @@ def child(spec: dict) -> dict:
     model, tok = load_model(spec["model"])
     stages["load"] = rss.take()
     corpus = str(require_mirror_file("wikitext-2/valid.txt"))
+    from massedit.engine.hparams import EditHparams
+
+    hparams = EditHparams().replace(**old_preset) if old_preset is not None else None
     editor = Editor(model, tok, method="memit", progress=False, stats=StatsSpec(corpus=corpus),
-                    **overrides)
+                    hparams=hparams, **overrides)
     editor.moments()
     editor.prefixes()
     stages["statistics_prefixes"] = rss.take()
