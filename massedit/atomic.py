@@ -132,6 +132,19 @@ class OutOfSpaceError(OSError):
         return str(self.strerror)
 
 
+@contextmanager
+def _space_errors_named(path: Path):
+    """Restate an out-of-space error raised inside for ``path`` (the original names a
+    temporary the user never sees)."""
+    try:
+        yield
+    except Exception as err:
+        code = _no_space_errno(err)
+        if code is not None:
+            raise OutOfSpaceError(path, code) from err
+        raise
+
+
 def _no_space_errno(err: BaseException) -> int | None:
     """The errno of a lack of space not yet restated (a nested atomic write already named its
     file), else None. Writers that are not Python raise their own errors: safetensors' Rust
@@ -202,15 +215,10 @@ def atomic_path(path: PathLike, *, suffix: str = ".tmp", fsync: bool = True) -> 
     os.close(fd)
     tmp = Path(name)
     try:
-        try:
+        with _space_errors_named(path):
             yield tmp
             if fsync:
                 _fsync_path(tmp)
-        except Exception as err:
-            code = _no_space_errno(err)
-            if code is not None:  # restated for the destination: the original names a temp
-                raise OutOfSpaceError(path, code) from err
-            raise
         fault_point(f"write:{_where(path)}")
         os.replace(tmp, path)
         fault_point(f"wrote:{_where(path)}")
@@ -272,15 +280,10 @@ def atomic_dir(path: PathLike, *, overwrite: bool = False, complete_marker: str 
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     old = None
     try:
-        try:
+        with _space_errors_named(path):
             yield tmp
             if fsync:
                 _fsync_tree(tmp)
-        except Exception as err:
-            code = _no_space_errno(err)
-            if code is not None:  # restated for the destination: the original names a temp
-                raise OutOfSpaceError(path, code) from err
-            raise
         fault_point(f"dir:{_where(path)}")
         if overwrite and path.exists():
             old = _aside_name(path, ".old")
