@@ -95,11 +95,7 @@ class Editor:
             hparams, self.preset_source = preset.hparams, preset.source
         else:
             self.preset_source = "explicit"
-        self.hparams = hparams.replace(**overrides) if overrides else hparams
-        depth = self.adapter.depth(model.config)
-        bad = [layer for layer in self.hparams.layers if not 0 <= layer < depth]
-        if bad or not self.hparams.layers:
-            raise ValueError(f"edit layers {list(self.hparams.layers)} invalid for {depth} layers")
+        self.hparams = self._checked(hparams.replace(**overrides) if overrides else hparams)
         if isinstance(stats, str | Path):
             stats = StatsSpec(corpus=str(stats))
         self.stats_spec = stats or StatsSpec()
@@ -136,12 +132,15 @@ class Editor:
         started with): every field is replaced, and what was derived from the old settings
         (statistics, prefixes) is dropped. Raises ``ValueError`` for fields this method's
         hyper-parameters do not have."""
-        hparams = self.hparams.replace(**values)
+        self.hparams = self._checked(self.hparams.replace(**values))
+        self._moments, self._stats_record, self._prefixes = {}, {}, None
+
+    def _checked(self, hparams: EditHparams) -> EditHparams:
+        """``hparams`` if its edit layers exist in this model, else ``ValueError``."""
         depth = self.adapter.depth(self.model.config)
         if not hparams.layers or any(not 0 <= layer < depth for layer in hparams.layers):
             raise ValueError(f"edit layers {list(hparams.layers)} invalid for {depth} layers")
-        self.hparams = hparams
-        self._moments, self._stats_record, self._prefixes = {}, {}, None
+        return hparams
 
     # ---- shared pieces -----------------------------------------------------------------------
     @property
