@@ -7,10 +7,11 @@ The model is the toy world's ``olmo2`` recipe (``testing.toytrain.ARCH_SPECS``: 
 bars are NOT the issue's 90%: measured over the models of training seeds 0, 1 and 2, no method
 reaches it on this toy, and each bar sits below the worst seed with the spread quoted beside it
 (docs/design.md §10.2). Why (measured, see massedit/testing/toyworld.py): the post-norm toy
-recalls its facts at the prompt's last token; restoring the MLP output at the subject's last
-token brings back almost nothing (at most 0.04 of the answer's probability, against 0.77 for
-the llama toy), so a write at the subject's token has little to work with, and 75-86% of ROME's
-residual lies along the norm's normal, which no write can reach (the engine logs it).
+recalls its facts at the prompt's last token, reading the subject through attention from layer 1
+on, so only layer 0's MLP is placed to change it, and what one MLP behind a norm can add to the
+stream is bounded (docs/design.md §5): on seed 0, 2 of the 10 facts keep a target NLL of
+2.6-7.7 after 200 steps however the step size, clamp or decay are set. Targets are optimised over
+what the MLP can make, which lifted ROME from 0.4-0.8 to 0.6-0.9 of the facts.
 """
 
 from __future__ import annotations
@@ -24,22 +25,19 @@ from massedit.testing.toyworld import TOY_EDIT_LAYERS, toy_accuracy
 from tests.test_toyworld_edits import build_toy
 
 ARCH = "olmo2"
-# ROME at the layer TOY_EDIT_LAYERS names; MEMIT and EMMET spread over layers 0-2 (a single
-# layer flips 0.3-0.5 of the facts on seed 0, layers 0-3 0.4).
-LAYERS = {"rome": (TOY_EDIT_LAYERS[ARCH][0],), "memit": TOY_EDIT_LAYERS[ARCH],
-          "emmet": TOY_EDIT_LAYERS[ARCH]}
+LAYERS = TOY_EDIT_LAYERS[ARCH]  # layer 0 for every method (massedit/testing/toyworld.py)
 
 # Shares over the models of training seeds 0, 1, 2 (efficacy / other phrasings / other facts
 # kept), 10 facts, the kit's toy settings (ROME 80 target steps, one fact at a time; MEMIT
-# λ = 10; EMMET μ = 0; 60 steps):
-#   rome  0.4-0.8 / 0.5-0.75 / 0.991-0.997
-#   memit 0.5-0.8 / 0.45-0.7 / 0.78-0.95
-#   emmet 0.5-0.8 / 0.45-0.7 / 0.77-0.95
+# λ = 10; EMMET μ = 0; 60 steps), post_norm_scores per seed:
+#   rome  0.6-0.9 / 0.65-0.9 / 0.983-0.995
+#   memit 0.8-0.9 / 0.7-0.9  / 0.76-0.94
+#   emmet 0.7-0.9 / 0.65-0.9 / 0.74-0.94
 # Each bar is one fact (0.1) or a few points below the worst seed.
 BARS = {
-    "rome": {"efficacy": 0.3, "generalisation": 0.3, "locality": 0.97},
-    "memit": {"efficacy": 0.4, "generalisation": 0.35, "locality": 0.73},
-    "emmet": {"efficacy": 0.4, "generalisation": 0.35, "locality": 0.72},
+    "rome": {"efficacy": 0.5, "generalisation": 0.55, "locality": 0.97},
+    "memit": {"efficacy": 0.7, "generalisation": 0.6, "locality": 0.7},
+    "emmet": {"efficacy": 0.6, "generalisation": 0.55, "locality": 0.68},
 }
 
 
@@ -60,7 +58,7 @@ def _shares(model, tok, requests, unrelated, before) -> tuple[float, float, floa
 def post_norm_scores(method: str, toy, stats_dir) -> dict[str, float]:
     """Edit the 10 facts (ROME one at a time), measure, revert; shares 0-1."""
     model, tok, requests, corpus, unrelated, before = toy
-    settings = {**TOY_SETTINGS, **TOY_PRESETS.get(method, {}), "layers": LAYERS[method]}
+    settings = {**TOY_SETTINGS, **TOY_PRESETS.get(method, {}), "layers": LAYERS}
     editor = Editor(model, tok, method=method, progress=False,
                     stats=StatsSpec(corpus=str(corpus), cache_dir=str(stats_dir)), **settings)
     batches = [[r] for r in requests] if method == "rome" else [requests]

@@ -21,7 +21,7 @@ from massedit.engine.identity import record_write, site_parameter, tensor_identi
 from massedit.engine.keys import Read, encode_rows, subject_states
 from massedit.engine.linalg import SingularProblemError, gram_products
 from massedit.engine.patch import EditPatch
-from massedit.engine.post_norm import site_residual
+from massedit.engine.post_norm import reachable_change, site_residual
 from massedit.engine.problem import BatchPlan, LayerProblem, SecondMoment
 from massedit.engine.requests import EditRequest, as_requests, requests_digest
 from massedit.engine.tokens import Encoded, encode_target
@@ -386,9 +386,12 @@ class Editor:
         in the optimisation); the others one group at a time, each group stored as soon as it
         is done, so an interruption loses at most one group's work (docs/design.md §11)."""
         hp = self.hparams
+        # Behind a norm the targets are optimised over the site's output (docs/design.md §5):
+        # they differ in kind from stream targets, so the key says which they are.
+        normed = self.adapter.mlp_out_norm_name(self.layers[-1]) is not None
         shared = (tuple(prefixes), last_block, hp.v_lr, hp.v_num_grad_steps, hp.kl_factor,
                   hp.v_weight_decay, hp.clamp_norm_factor, hp.early_stop_loss,
-                  weights_identity(self.model))
+                  weights_identity(self.model), *(("site-space",) if normed else ()))
         keys = [(requests_digest([r]), *shared) for r in reqs]
         missing = [i for i, key in enumerate(keys) if key not in self.target_cache]
         stored = {i: self._store_key(keys[i]) for i in missing} if self.target_store else {}
@@ -426,8 +429,11 @@ class Editor:
                 bar.update(len(idx))
 
         if missing:
-            compute_targets(self.model, self.tok, [reqs[i] for i in missing], prefixes,
-                            last_block, hp, progress=False, on_group_done=keep)
+            todo = [reqs[i] for i in missing]
+            reach = reachable_change(self.model, self.tok, self.adapter, self.layers, todo,
+                                     hp.batch_rows)  # None unless a norm follows the MLP
+            compute_targets(self.model, self.tok, todo, prefixes, last_block, hp,
+                            progress=False, on_group_done=keep, reach=reach)
         return TargetResult.stack([self.target_cache[key] for key in keys])
 
     def _store_key(self, key: tuple) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -56,6 +57,58 @@ def site_residual(
     (out,) = subject_states(model, tok, requests, [""], [Read(site, inputs=False, average=False)],
                             stop_at=site, batch_rows=batch_rows)  # (n, d)
     return stream_to_site(get_module(model, norm_name), out.to(residual), residual, scale)
+
+
+@dataclass
+class ReachableChange:
+    """What the edit layers' MLPs can do to the stream together: ``δ ↦ Σ_l m · (N_l(o_l + δ_l)
+    − N_l(o_l))`` (n, d) for changes ``δ_l`` of each site's output ``o_l`` at each request's
+    subject token (first order: each layer's change reaches the stream as if the others had
+    not moved). Targets are optimised over the ``δ_l`` through this map where a norm follows
+    the MLP, so every target is one the sites can write (docs/design.md §5)."""
+
+    norms: tuple[nn.Module, ...]
+    site_out: torch.Tensor  # (n, k, d) fp32: k edit layers, plain prompts, current model
+    scale: float = 1.0
+
+    @property
+    def width(self) -> int:
+        """Length of one request's free vector: the k sites' outputs end to end."""
+        return self.site_out.shape[1] * self.site_out.shape[2]
+
+    def select(self, index: Sequence[int]) -> ReachableChange:
+        rows = torch.as_tensor(list(index), dtype=torch.long, device=self.site_out.device)
+        return ReachableChange(self.norms, self.site_out[rows], self.scale)
+
+    def __call__(self, delta: torch.Tensor) -> torch.Tensor:
+        """The stream change (n, d) for ``delta`` (n, k·d), on ``delta``'s device,
+        differentiable in ``delta``."""
+        per_site = delta.view(*self.site_out.shape)  # (n, k, d)
+        moved = delta.new_zeros(self.site_out.shape[0], self.site_out.shape[2])  # (n, d)
+        for j, norm in enumerate(self.norms):
+            param = next(norm.parameters(), None)
+            at = delta.device if param is None else param.device
+            o = self.site_out[:, j].to(at)  # (n, d)
+            change = norm(o + per_site[:, j].to(at)).float() - norm(o).float()  # (n, d)
+            moved = moved + change.to(delta.device)
+        return self.scale * moved
+
+
+def reachable_change(model, tok, adapter: ModelAdapter, layers: Sequence[int],
+                     requests: Sequence[EditRequest],
+                     batch_rows: int = 64) -> ReachableChange | None:
+    """The :class:`ReachableChange` of the sites of ``layers`` for ``requests``, or None where
+    the MLP's output reaches the stream without a norm (any change is then reachable)."""
+    norm_names = [adapter.mlp_out_norm_name(layer) for layer in layers]
+    if any(name is None for name in norm_names):
+        return None
+    sites = [adapter.site_name(layer) for layer in layers]
+    outs = subject_states(model, tok, requests, [""],
+                          [Read(site, inputs=False, average=False) for site in sites],
+                          stop_at=sites[-1], batch_rows=batch_rows)  # k × (n, d)
+    return ReachableChange(tuple(get_module(model, name) for name in norm_names),
+                           torch.stack([o.float() for o in outs], dim=1),
+                           adapter.mlp_out_scale(model.config))
 
 
 def stream_to_site(norm: nn.Module | None, site_out: torch.Tensor, residual: torch.Tensor,

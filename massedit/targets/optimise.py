@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from massedit.engine.hooks import frozen_parameters
 from massedit.engine.hparams import EditHparams
+from massedit.engine.post_norm import ReachableChange
 from massedit.engine.precision import check_finite, half_dtype
 from massedit.engine.requests import EditRequest
 from massedit.engine.tokens import encode_target, encode_with_subject
@@ -105,6 +106,7 @@ def compute_targets(
     replay: bool = True,
     suffix: bool = True,
     on_group_done: Callable[[list[int], TargetResult], None] | None = None,
+    reach: ReachableChange | None = None,
 ) -> TargetResult:
     """Optimise all requests' ``δ``; ``block_name`` is the last edit layer's block.
 
@@ -118,7 +120,9 @@ def compute_targets(
     meanwhile (only δ is differentiated). ``on_group_done(indices, result)`` is called after each
     group with the indices (into ``requests``) it held and their targets, in that order: a caller
     can keep them at once (an interruption then loses one group's work) and still pass every
-    request in one call, so that groups are formed from all of them.
+    request in one call, so that groups are formed from all of them. With ``reach`` (a norm
+    after block L's MLP) the free vector is the change of the site's output and the stream
+    receives ``reach(δ)``: only changes the MLP can make are tried (docs/design.md §5).
     """
     groups = target_groups(tok, requests, len(prefixes), hp.target_rows or hp.batch_rows)
     device = input_device(model)  # where δ and the rows live (§12)
@@ -129,7 +133,8 @@ def compute_targets(
         for idx in groups:
             rows = build_rows(model, tok, [requests[i] for i in idx], prefixes, device)
             group = GroupPass(model, rows, len(idx), block_name, replay=replay, suffix=suffix)
-            parts.append(_optimise_group(group, len(prefixes), hp, bar))
+            parts.append(_optimise_group(group, len(prefixes), hp, bar,
+                                         None if reach is None else reach.select(idx)))
             if on_group_done is not None:
                 on_group_done(list(idx), parts[-1])
     # Back to the requests' order: position k of the concatenation is request order[k].
@@ -144,13 +149,18 @@ def compute_targets(
     return TargetResult(z=joined("z"), h=joined("h"), nll=joined("nll"), steps=joined("steps"))
 
 
-def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> TargetResult:
-    """Adam on one group's δ until every request stops or the steps run out."""
+def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar,
+                    reach: ReachableChange | None = None) -> TargetResult:
+    """Adam on one group's δ until every request stops or the steps run out. With ``reach``, δ
+    is the change of the site's output; the stream moves by ``reach(δ)``, the weight decay
+    weighs that move and the clamp bounds δ by the site's output, as it bounds a stream δ by
+    the stream (``h``)."""
     r, n = group.rows, group.n_requests
     model = group.model
     device = input_device(model)  # where δ and the rows live (§12)
     d_model = model.get_output_embeddings().weight.shape[1]
-    delta = torch.zeros(n, d_model, device=device, requires_grad=True)  # (n, d_model)
+    width = d_model if reach is None else reach.width  # with reach: k sites' outputs
+    delta = torch.zeros(n, width, device=device, requires_grad=True)  # (n, width)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     kl_ref = None
     done = torch.zeros(n, dtype=torch.bool, device=device)
@@ -161,7 +171,8 @@ def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> 
     for it in range(hp.v_num_grad_steps):
         opt.zero_grad(set_to_none=False)
         with torch.set_grad_enabled(it < hp.v_num_grad_steps - 1):  # the last pass only scores
-            out = group(delta, done)
+            moved = delta if reach is None else reach(delta)  # (n, d_model) stream change
+            out = group(moved, done)
         if it == 0:  # block output at the plain prompts' subject tokens, δ = 0: (n, d_model)
             h = out.h[torch.arange(0, r.n_rewrite, n_prefixes, device=device)]
         # NLL of target tokens, per rewrite row then averaged over prefixes.
@@ -177,7 +188,7 @@ def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> 
             kl_ref = kl_lp.detach()
         ref = kl_ref if out.kl_kept is None else kl_ref[out.kl_kept]
         kl = _spread((kl_lp.exp() * (kl_lp - ref)).sum(-1), out.kl_kept)  # (n,) KL(P_δ ‖ P_0)
-        wd = hp.v_weight_decay * delta.norm(dim=-1) / h.norm(dim=-1) ** 2
+        wd = hp.v_weight_decay * moved.norm(dim=-1) / h.norm(dim=-1) ** 2
         loss = nll + hp.kl_factor * kl + wd  # (n,)
         if half is not None:
             check_finite(half, loss, "the target optimisation", f"the loss at step {it} "
@@ -203,7 +214,8 @@ def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> 
         with torch.no_grad():
             # Requests that stopped keep the δ they stopped with (Adam momentum would move them).
             delta[done] = frozen[done]
-            max_norm = hp.clamp_norm_factor * h.norm(dim=-1, keepdim=True)  # (n, 1)
+            bound = h if reach is None else reach.site_out.flatten(1).to(h)  # δ's yardstick
+            max_norm = hp.clamp_norm_factor * bound.norm(dim=-1, keepdim=True)  # (n, 1)
             scale = (max_norm / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
             delta.mul_(scale)
         bar.set_postfix(active=int((~done).sum()), nll=f"{float(last_nll.nanmean()):.3f}")
@@ -212,4 +224,7 @@ def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar) -> 
                  f"through {group.block_name} and the blocks above it)")
     if not torch.isfinite(delta).all():
         raise FloatingPointError("target optimisation produced non-finite values")
+    if reach is not None:
+        with torch.no_grad():
+            delta = reach(delta)  # (n, d_model): the stream change the site's δ makes
     return TargetResult(z=h + delta, h=h.clone(), nll=last_nll, steps=steps)
