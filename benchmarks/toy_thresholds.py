@@ -100,6 +100,14 @@ def toyworld_edits(seed: int, work: Path, stats: Path) -> dict:
     return {method: method_scores(method, toy, stats) for method in ("rome", "memit", "emmet")}
 
 
+def post_norm(seed: int, work: Path, stats: Path) -> dict:
+    """The olmo2 toy (a norm after every MLP) edited as tests/test_post_norm_toyworld.py does."""
+    from tests.test_post_norm_toyworld import build_post_norm_toy, post_norm_scores
+
+    toy = build_post_norm_toy(work, train_seed=seed)
+    return {method: post_norm_scores(method, toy, stats) for method in ("rome", "memit", "emmet")}
+
+
 def kit(seed: int, work: Path, stats: Path) -> dict:
     """The conformance kit's toy-world edit as check_method runs it (default settings)."""
     from massedit.testing.conformance_edits import TOY_BATCH_SIZES, toy_world_edit
@@ -167,6 +175,7 @@ MEASUREMENTS: dict[str, Callable[[int, Path, Path], dict]] = {
     "eval": eval_patch,  # tests/test_eval_command.py
     "compare": compare_study,  # tests/test_compare_command.py
     "toyworld_edits": toyworld_edits,  # tests/test_toyworld_edits.py
+    "post_norm": post_norm,  # tests/test_post_norm_toyworld.py
     "kit": kit,  # tests/test_conformance.py, tests/test_plugin_alphaedit.py
     "trace": trace,  # tests/test_trace.py
     "nmt_learned": nmt_learned,  # tests/test_seq2seq_tasks.py

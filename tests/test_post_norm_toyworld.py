@@ -29,7 +29,7 @@ LAYERS = TOY_EDIT_LAYERS[ARCH]  # layer 0 for every method (massedit/testing/toy
 
 # Shares over the models of training seeds 0, 1, 2 (efficacy / other phrasings / other facts
 # kept), 10 facts, the kit's toy settings (ROME 80 target steps, one fact at a time; MEMIT
-# λ = 10; EMMET μ = 0; 60 steps), post_norm_scores per seed:
+# λ = 10; EMMET μ = 0; 60 steps), benchmarks/toy_thresholds.py --only post_norm:
 #   rome  0.6-0.9 / 0.65-0.9 / 0.983-0.995
 #   memit 0.8-0.9 / 0.7-0.9  / 0.76-0.94
 #   emmet 0.7-0.9 / 0.65-0.9 / 0.74-0.94
