@@ -174,9 +174,11 @@ def test_no_norm_means_only_the_scale():
 
 
 def test_a_norm_that_is_not_an_rms_norm_is_refused():
-    norm = nn.LayerNorm(12)  # subtracts the mean: not g ⊙ x / rms(x)
-    with torch.no_grad():
-        norm.bias.normal_()
+    class Shifted(Olmo2RMSNorm):  # adds the mean back: not g ⊙ x / rms(x) (nor a LayerNorm)
+        def forward(self, x):
+            return super().forward(x) + x.mean(-1, keepdim=True)
+
+    norm = Shifted(12)
     with pytest.raises(ValueError, match="not of the form"):
         stream_to_site(norm, torch.randn(2, 12), torch.randn(2, 12))
 

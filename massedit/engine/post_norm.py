@@ -3,7 +3,9 @@
 
 Targets and residuals live in the residual stream (block ``L``'s output), but the edited weight
 writes the MLP's output ``o``. Most models add ``o`` to the stream unchanged; Granite adds
-``m · o``; Gemma 2/3 and OLMo 2 add ``N(o) = a ⊙ o / rms(o)`` (an RMS norm after the MLP). This
+``m · o``; Gemma 2/3 and OLMo 2 add ``N(o) = a ⊙ o / rms(o)`` (an RMS norm after the MLP);
+post-LN blocks (BART, Marian) output ``LN(r + o)`` (:mod:`massedit.engine.layer_norm_map`). Every
+norm is read at its own input ``u`` (``o``, or ``r + o``), whose change is the site's. This
 module turns the stream residual ``R`` of each request into the site-space residual ``Δo``:
 
 - ``R / m`` for a scale;
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from massedit.engine.keys import Read, subject_states
+from massedit.engine.layer_norm_map import is_layer_norm, through_layer_norm
 from massedit.engine.requests import EditRequest
 from massedit.models.adapters import ModelAdapter, get_module
 
@@ -47,28 +50,29 @@ def site_residual(
     """The change of layer ``layer``'s site output at each request's subject token that moves
     the block's output by ``residual`` (n, d) fp32, on the current model: ``residual`` itself
     where the MLP's output is added unchanged (no pass is run), else what
-    :func:`stream_to_site` gives, at the site's output on each plain prompt."""
+    :func:`stream_to_site` gives, at the norm's input on each plain prompt."""
     scale = adapter.mlp_out_scale(model.config)
     norm_name = adapter.mlp_out_norm_name(layer)
     if norm_name is None:
         return residual if scale == 1.0 else residual / scale
-    site = adapter.site_name(layer)
-    # The site's output on the plain prompt, where the residual's block output h was read.
-    (out,) = subject_states(model, tok, requests, [""], [Read(site, inputs=False, average=False)],
-                            stop_at=site, batch_rows=batch_rows)  # (n, d)
-    return stream_to_site(get_module(model, norm_name), out.to(residual), residual, scale)
+    # The norm's input on the plain prompt, where the residual's block output h was read.
+    (norm_in,) = subject_states(model, tok, requests, [""],
+                                [Read(norm_name, inputs=True, average=False)],
+                                stop_at=adapter.block_name(layer), batch_rows=batch_rows)  # (n, d)
+    return stream_to_site(get_module(model, norm_name), norm_in.to(residual), residual, scale)
 
 
 @dataclass
 class ReachableChange:
-    """What the edit layers' MLPs can do to the stream together: ``δ ↦ Σ_l m · (N_l(o_l + δ_l)
-    − N_l(o_l))`` (n, d) for changes ``δ_l`` of each site's output ``o_l`` at each request's
-    subject token (first order: each layer's change reaches the stream as if the others had
-    not moved). Targets are optimised over the ``δ_l`` through this map where a norm follows
-    the MLP, so every target is one the sites can write (docs/design.md §5)."""
+    """What the edit layers' MLPs can do to the stream together: ``δ ↦ Σ_l m · (N_l(u_l + δ_l)
+    − N_l(u_l))`` (n, d) for changes ``δ_l`` of each site's output, where ``u_l`` is the input
+    of the norm after it (the site's output ``o_l``, or ``r_l + o_l`` in a post-LN block) at
+    each request's subject token (first order: each layer's change reaches the stream as if the
+    others had not moved). Targets are optimised over the ``δ_l`` through this map where a norm
+    follows the MLP, so every target is one the sites can write (docs/design.md §5)."""
 
     norms: tuple[nn.Module, ...]
-    site_out: torch.Tensor  # (n, k, d) fp32: k edit layers, plain prompts, current model
+    site_out: torch.Tensor  # (n, k, d) fp32: the norms' inputs u, k edit layers, plain prompts
     scale: float = 1.0
 
     @property
@@ -102,10 +106,10 @@ def reachable_change(model, tok, adapter: ModelAdapter, layers: Sequence[int],
     norm_names = [adapter.mlp_out_norm_name(layer) for layer in layers]
     if any(name is None for name in norm_names):
         return None
-    sites = [adapter.site_name(layer) for layer in layers]
     outs = subject_states(model, tok, requests, [""],
-                          [Read(site, inputs=False, average=False) for site in sites],
-                          stop_at=sites[-1], batch_rows=batch_rows)  # k × (n, d)
+                          [Read(name, inputs=True, average=False) for name in norm_names],
+                          stop_at=adapter.block_name(layers[-1]),
+                          batch_rows=batch_rows)  # k × (n, d)
     return ReachableChange(tuple(get_module(model, name) for name in norm_names),
                            torch.stack([o.float() for o in outs], dim=1),
                            adapter.mlp_out_scale(model.config))
@@ -114,7 +118,8 @@ def reachable_change(model, tok, adapter: ModelAdapter, layers: Sequence[int],
 def stream_to_site(norm: nn.Module | None, site_out: torch.Tensor, residual: torch.Tensor,
                    scale: float = 1.0) -> torch.Tensor:
     """``Δo`` (n, d) such that ``scale · (N(o + Δo) − N(o))`` is the reachable part of
-    ``residual`` (n, d), with ``o = site_out`` (n, d) and ``N = norm`` (None: the identity).
+    ``residual`` (n, d), with ``o = site_out`` (n, d), the norm's input, and ``N = norm``
+    (None: the identity; a LayerNorm: :func:`~massedit.engine.layer_norm_map.through_layer_norm`).
 
     The reachable outputs at ``o``'s length are the ellipsoid ``{a ⊙ t : mean(t²) = 1}`` with
     ``a = N(rms(o) · 1)`` (the gain, times ``rms/√(rms² + eps)``); the target ``N(o) + R/scale``
@@ -122,7 +127,8 @@ def stream_to_site(norm: nn.Module | None, site_out: torch.Tensor, residual: tor
     if norm is None:
         return (residual.double() / scale).to(residual.dtype)
     # Rows at a time: the solve keeps a few (rows, d) fp64 temporaries.
-    parts = [_through_norm(norm, site_out[lo : lo + _ROWS], residual[lo : lo + _ROWS], scale)
+    through = through_layer_norm if is_layer_norm(norm) else _through_norm
+    parts = [through(norm, site_out[lo : lo + _ROWS], residual[lo : lo + _ROWS], scale)
              for lo in range(0, residual.shape[0], _ROWS)]
     delta = torch.cat([d for d, _ in parts])  # (n, d)
     wanted = max(float(residual.double().norm()) / abs(scale), 1e-30)

@@ -34,7 +34,8 @@ class ModelAdapter:
     encoder_decoder: bool = False
     # Where the MLP's output goes (docs/design.md §5, "Edits through a norm after the MLP"):
     # the norm it passes through before joining the residual stream, relative to a block (Gemma
-    # 2/3, OLMo 2: ``post_feedforward_layernorm``; None: added to the stream unchanged), and the
+    # 2/3, OLMo 2: ``post_feedforward_layernorm``; BART/Marian's post-LN ``final_layer_norm``,
+    # which takes the stream plus the MLP output; None: added to the stream unchanged), and the
     # config attribute of a scalar that multiplies it there (Granite: ``residual_multiplier``).
     mlp_out_norm: str | None = None
     mlp_out_scale_attr: str | None = None

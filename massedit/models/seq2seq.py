@@ -118,6 +118,8 @@ def _bart_like(family: str, stack: str) -> ModelAdapter:
         mlp="fc2",  # BART/Marian have no MLP module: fc1 -> activation -> fc2 inside the layer
         attn="self_attn",
         final_norm=None,  # post-norm layers: the stack ends in the last layer's own norm
+        # Post-LN: the block outputs LN(r + fc2's output) (docs/design.md §5).
+        mlp_out_norm="final_layer_norm",
         embed="model.shared",
         layout="linear",
         width_attr="d_model",
