@@ -8,14 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-import massedit.editing.editor as editor_module
 from massedit import Editor, EditRequest, StatsSpec
 from massedit.engine.keys import Read, subject_states
 from massedit.engine.post_norm import reachable_change, stream_to_site
 from massedit.models.adapters import get_adapter, get_module
-from massedit.targets.optimise import TargetResult
 from massedit.testing.tiny_seq2seq import tiny_seq2seq_model
-from tests.test_post_norm import EXACT, REQUESTS
+from tests.test_post_norm import EXACT, REQUESTS, exact_editor, fix_targets
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
@@ -119,20 +117,8 @@ def test_exact_edit_moves_the_encoder_block_output_to_the_target(model_type, met
     model, tok = tiny_seq2seq_model(model_type)
     layer, reqs = 1, REQUESTS[:n]
     z, h = _reachable_targets(model, tok, reqs, layer)
-
-    def fixed_targets(_model, _tok, requests, *_args, on_group_done=None, **_kwargs):
-        rows = [reqs.index(r) for r in requests]
-        result = TargetResult(z=z[rows], h=h[rows], nll=torch.zeros(len(rows)),
-                              steps=torch.zeros(len(rows), dtype=torch.long))
-        if on_group_done is not None:
-            on_group_done(list(range(len(requests))), result)
-        return result
-
-    monkeypatch.setattr(editor_module, "compute_targets", fixed_targets)
-    editor = Editor(model, tok, method=method, layers=(layer,), mu=0.0, context_lengths=(),
-                    stats=StatsSpec(corpus=str(tiny_corpus), cache_dir=str(stats_dir)),
-                    stats_tokens_per_width=30, max_update_ratio=1e9, progress=False, **settings)
-    patch = editor.edit(reqs)
+    fix_targets(monkeypatch, reqs, z, h)
+    patch = exact_editor(model, tok, method, layer, settings, tiny_corpus, stats_dir).edit(reqs)
     block = get_adapter(model).block_name(layer)
     (after,) = subject_states(model, tok, reqs, [""], [Read(block, inputs=False, average=False)],
                               stop_at=block)

@@ -206,6 +206,27 @@ def _block_outputs(model, tok, reqs, layer: int) -> torch.Tensor:
     return h  # (n, d)
 
 
+def fix_targets(monkeypatch, reqs, z: torch.Tensor, h: torch.Tensor) -> None:
+    """Make the Editor's targets for ``reqs`` the given ``z`` and ``h`` (n, d) (no optimisation)."""
+
+    def fixed_targets(_model, _tok, requests, *_args, on_group_done=None, **_kwargs):
+        rows = [reqs.index(r) for r in requests]
+        result = TargetResult(z=z[rows], h=h[rows], nll=torch.zeros(len(rows)),
+                              steps=torch.zeros(len(rows), dtype=torch.long))
+        if on_group_done is not None:  # the Editor keeps targets as each group is done
+            on_group_done(list(range(len(requests))), result)
+        return result
+
+    monkeypatch.setattr(editor_module, "compute_targets", fixed_targets)
+
+
+def exact_editor(model, tok, method: str, layer: int, settings: dict, corpus, stats_dir) -> Editor:
+    """An Editor of one layer with no context prefixes and no update guard (EXACT's settings)."""
+    return Editor(model, tok, method=method, layers=(layer,), mu=0.0, context_lengths=(),
+                  stats=StatsSpec(corpus=str(corpus), cache_dir=str(stats_dir)),
+                  stats_tokens_per_width=30, max_update_ratio=1e9, progress=False, **settings)
+
+
 # Methods that write their keys exactly at one layer: ROME and EMMET (μ = 0) by construction,
 # MEMIT and AlphaEdit in their limits (λ → 0; every direction free, α → 0).
 EXACT = [
@@ -224,21 +245,8 @@ def test_exact_edit_moves_the_block_output_to_the_target(model_type, method, n, 
     model, tok = tiny_model(model_type)
     layer, reqs = 2, REQUESTS[:n]
     z, h = _reachable_targets(model, tok, reqs, layer)
-
-    def fixed_targets(_model, _tok, requests, *_args, on_group_done=None, **_kwargs):
-        rows = [reqs.index(r) for r in requests]
-        result = TargetResult(z=z[rows], h=h[rows], nll=torch.zeros(len(rows)),
-                              steps=torch.zeros(len(rows), dtype=torch.long))
-        if on_group_done is not None:  # the Editor keeps targets as each group is done
-            on_group_done(list(range(len(requests))), result)
-        return result
-
-    monkeypatch.setattr(editor_module, "compute_targets", fixed_targets)
-    editor = Editor(model, tok, method=method, layers=(layer,), mu=0.0, context_lengths=(),
-                    stats=StatsSpec(corpus=str(tiny_corpus), cache_dir=str(stats_dir)),
-                    stats_tokens_per_width=30, max_update_ratio=1e9, progress=False,
-                    **settings)
-    patch = editor.edit(reqs)
+    fix_targets(monkeypatch, reqs, z, h)
+    patch = exact_editor(model, tok, method, layer, settings, tiny_corpus, stats_dir).edit(reqs)
     after = _block_outputs(model, tok, reqs, layer)
     assert _rel(after, z) < 1e-4  # the block output is the target ...
     assert _rel(after - h, z - h) < 1e-3  # ... and moved all the way (not merely near z)
