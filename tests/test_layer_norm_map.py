@@ -133,7 +133,7 @@ def test_targets_of_a_post_ln_model_are_ones_its_sites_can_make(tiny_corpus, sta
     model, tok = tiny_seq2seq_model("bart")
     layer, reqs = 1, [EditRequest("The {} is located in", "Eiffel Tower", "Rome", "Paris")]
     reach = reachable_change(model, tok, get_adapter(model), [layer], reqs)
-    assert reach is not None and reach.width == reach.site_out.shape[-1]
+    assert reach is not None and reach.width == reach.norm_in.shape[-1]
     editor = Editor(model, tok, method="rome", layers=(layer,), v_num_grad_steps=8,
                     context_lengths=(), max_update_ratio=1e9, progress=False,
                     stats=StatsSpec(corpus=str(tiny_corpus), cache_dir=str(stats_dir)),

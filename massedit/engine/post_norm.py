@@ -72,27 +72,27 @@ class ReachableChange:
     follows the MLP, so every target is one the sites can write (docs/design.md §5)."""
 
     norms: tuple[nn.Module, ...]
-    site_out: torch.Tensor  # (n, k, d) fp32: the norms' inputs u, k edit layers, plain prompts
+    norm_in: torch.Tensor  # (n, k, d) fp32: the norms' inputs u, k edit layers, plain prompts
     scale: float = 1.0
 
     @property
     def width(self) -> int:
         """Length of one request's free vector: the k sites' outputs end to end."""
-        return self.site_out.shape[1] * self.site_out.shape[2]
+        return self.norm_in.shape[1] * self.norm_in.shape[2]
 
     def select(self, index: Sequence[int]) -> ReachableChange:
-        rows = torch.as_tensor(list(index), dtype=torch.long, device=self.site_out.device)
-        return ReachableChange(self.norms, self.site_out[rows], self.scale)
+        rows = torch.as_tensor(list(index), dtype=torch.long, device=self.norm_in.device)
+        return ReachableChange(self.norms, self.norm_in[rows], self.scale)
 
     def __call__(self, delta: torch.Tensor) -> torch.Tensor:
         """The stream change (n, d) for ``delta`` (n, k·d), on ``delta``'s device,
         differentiable in ``delta``."""
-        per_site = delta.view(*self.site_out.shape)  # (n, k, d)
-        moved = delta.new_zeros(self.site_out.shape[0], self.site_out.shape[2])  # (n, d)
+        per_site = delta.view(*self.norm_in.shape)  # (n, k, d)
+        moved = delta.new_zeros(self.norm_in.shape[0], self.norm_in.shape[2])  # (n, d)
         for j, norm in enumerate(self.norms):
             param = next(norm.parameters(), None)
             at = delta.device if param is None else param.device
-            o = self.site_out[:, j].to(at)  # (n, d)
+            o = self.norm_in[:, j].to(at)  # (n, d)
             change = norm(o + per_site[:, j].to(at)).float() - norm(o).float()  # (n, d)
             moved = moved + change.to(delta.device)
         return self.scale * moved

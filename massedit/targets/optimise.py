@@ -214,7 +214,7 @@ def _optimise_group(group: GroupPass, n_prefixes: int, hp: EditHparams, bar,
         with torch.no_grad():
             # Requests that stopped keep the δ they stopped with (Adam momentum would move them).
             delta[done] = frozen[done]
-            bound = h if reach is None else reach.site_out.flatten(1).to(h)  # δ's yardstick
+            bound = h if reach is None else reach.norm_in.flatten(1).to(h)  # δ's yardstick
             max_norm = hp.clamp_norm_factor * bound.norm(dim=-1, keepdim=True)  # (n, 1)
             scale = (max_norm / delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
             delta.mul_(scale)
