@@ -11,7 +11,7 @@ hyperplane of centred vectors. The wanted output ``LN(u) + R`` goes to the neare
 In an orthonormal basis ``W`` (d, d−1) of the centred vectors in which ``Wᵀ diag(g²) W`` is
 diagonal (eigenvalues ``λ``, one decomposition per norm), ``t = W s`` and the problem
 ``min ‖g ⊙ (W s − q)‖²`` subject to ``‖s‖² = d c`` is the nearest-point problem on an
-axis-aligned ellipsoid that :func:`massedit.engine.post_norm.nearest_on_ellipsoid` solves, after
+axis-aligned ellipsoid that :func:`massedit.engine.ellipsoid.nearest_on_ellipsoid` solves, after
 scaling each row.
 """
 
@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from massedit.engine.ellipsoid import nearest_on_ellipsoid
 
 # A norm whose output differs from the LayerNorm formula by more than this (relative) is refused.
 _FORM_TOL = 1e-3
@@ -34,8 +36,6 @@ def through_layer_norm(norm: nn.LayerNorm, norm_in: torch.Tensor, residual: torc
     """``Δu`` (rows, d) fp64 such that ``scale · (LN(u + Δu) − LN(u))`` is the part of
     ``residual`` (rows, d) the norm can make at ``u = norm_in`` (rows, d), and ‖what is
     left‖²."""
-    from massedit.engine.post_norm import nearest_on_ellipsoid  # the one secular solver
-
     u = norm_in.double()  # (rows, d)
     d = u.shape[-1]
     gain, bias = _affine(norm, d, u.device)  # (d,), (d,)
