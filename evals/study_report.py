@@ -57,7 +57,8 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _fmt(value: Any, digits: int = 1) -> str:
+def format_cell(value: Any, digits: int = 1) -> str:
+    """A table cell: "-" for a missing value, 3 significant digits below 1, else `digits`."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
@@ -73,7 +74,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| " + " | ".join(SHORT.get(c, c) for c in cols) + " |",
              "|" + "---|" * len(cols)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
+        lines.append("| " + " | ".join(format_cell(row.get(c)) for c in cols) + " |")
     return "\n".join(lines)
 
 
@@ -137,5 +138,5 @@ def render_study(console, rows: Sequence[Mapping[str, Any]]) -> None:
         table.add_column(SHORT.get(c, c), justify="left" if c in ("label", "status") else "right")
     for row in rows:
         status = row["status"] if row["status"] != "error" else "[red]error[/red]"
-        table.add_row(*[status if c == "status" else _fmt(row.get(c)) for c in cols])
+        table.add_row(*[status if c == "status" else format_cell(row.get(c)) for c in cols])
     console.print(table)
