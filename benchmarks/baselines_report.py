@@ -131,9 +131,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     plot(full, unedited, args.out / "baselines.png")
     for name, folder in (("main", args.study), ("kn", args.kn)):
-        for file in ("report.md", "results.csv"):
-            if (folder / file).is_file():
-                shutil.copy(folder / file, args.out / f"{name}-{file}")
+        # Each report beside its own plots, renamed so the two studies' files do not collide.
+        shutil.copy(folder / "results.csv", args.out / f"{name}-results.csv")
+        report = (folder / "report.md").read_text().replace("](plots/", f"]({name}-plots/")
+        (args.out / f"{name}-report.md").write_text(report)
+        shutil.copytree(folder / "plots", args.out / f"{name}-plots", dirs_exist_ok=True)
     (args.out / "tables.json").write_text(json.dumps(
         {"all_records": full, f"first_{n_kn}_records": first}, indent=1, default=str))
     text = [
