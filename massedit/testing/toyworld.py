@@ -30,7 +30,12 @@ last token; measured on the models of training seeds 0, 1 and 2):
   flip 0.6-0.9 of 10 facts across seeds 0-2 with targets optimised over what the MLP can
   make (docs/design.md §5); a target placed at layer 2 misses the reads of layers 1-2, so
   MEMIT and EMMET over layers 0-2 flip 0.5-0.8. Some facts stay out of reach of MLP 0 at any
-  step count (target NLL 2.6-7.7 after 200 steps).
+  step count (target NLL 2.6-7.7 after 200 steps). Measured, not kept: training "profile"
+  lines as well ("Anna Adler Paris doctor .", each subject followed by its objects, 10x)
+  makes the subject's last token predict its attributes and lifts seeds 0-1 to 0.9-1.0 of
+  the facts flipped (rome, memit, emmet at layer 0), but seed 2 stays at 0.7-0.8 (two
+  targets at NLL 3.7 and 6.3 after 200 steps); subject_mask_p 1.0 or MLP width 768 did
+  not help.
 
 :data:`TOY_EDIT_LAYERS` records those layers for tests.
 """
