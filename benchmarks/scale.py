@@ -205,8 +205,9 @@ def plot_frontier(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, (metric, title) in zip(axes, panels, strict=True):
         for i, method in enumerate(sorted({r["method"] for r in rows})):
-            xy = [(r["size"], r[metric]) for r in rows
-                  if r["method"] == method and r.get(metric) is not None]
+            # A refused batch (EMMET beyond d_in) has an RSS but wrote nothing: not a point.
+            xy = [(r["size"], r[metric]) for r in rows if r["method"] == method
+                  and r.get("status") == "finished" and r.get(metric) is not None]
             if xy:
                 xs, ys = zip(*sorted(xy), strict=True)
                 ax.plot(xs, ys, marker="o", color=f"C{i}", label=method)
