@@ -3,15 +3,12 @@ output goes through a norm before the residual stream (OLMo 2: ``h + norm(mlp(h)
 write passes through the post-norm map of docs/design.md §5 (``engine.post_norm``).
 
 The model is the toy world's ``olmo2`` recipe (``testing.toytrain.ARCH_SPECS``: 6 layers, width
-64, MLP 192, trained in the suite in about 1.5-3 minutes on one busy CPU thread and cached). The
-bars are NOT the issue's 90%: measured over the models of training seeds 0, 1 and 2, no method
-reaches it on this toy, and each bar sits below the worst seed with the spread quoted beside it
-(docs/design.md §10.2). Why (measured, see massedit/testing/toyworld.py): the post-norm toy
-recalls its facts at the prompt's last token, reading the subject through attention from layer 1
-on, so only layer 0's MLP is placed to change it, and what one MLP behind a norm can add to the
-stream is bounded (docs/design.md §5): on seed 0, 2 of the 10 facts keep a target NLL of
-2.6-7.7 after 200 steps however the step size, clamp or decay are set. Targets are optimised over
-what the MLP can make, which lifted ROME from 0.4-0.8 to 0.6-0.9 of the facts.
+64, MLP 192, trained in the suite in about a minute on one CPU thread and cached), on a world
+with profile lines (``testing.toyworld.ARCH_WORLDS``) so that, as in real models, the facts are
+looked up at the subject's last token. Without them the toy recalled its facts at the prompt's
+last token and one seed in three kept facts out of MLP 0's reach (massedit/testing/toyworld.py).
+The bars are the issue's: each method flips at least 90% of the edited facts and keeps at least
+90% of the others, on every training seed measured (0, 1, 2).
 """
 
 from __future__ import annotations
@@ -30,14 +27,15 @@ LAYERS = TOY_EDIT_LAYERS[ARCH]  # layer 0 for every method (massedit/testing/toy
 # Shares over the models of training seeds 0, 1, 2 (efficacy / other phrasings / other facts
 # kept), 10 facts, the kit's toy settings (ROME 80 target steps, one fact at a time; MEMIT
 # λ = 10; EMMET μ = 0; 60 steps), benchmarks/toy_thresholds.py --only post_norm:
-#   rome  0.6-0.9 / 0.65-0.9 / 0.983-0.995
-#   memit 0.8-0.9 / 0.7-0.9  / 0.76-0.94
-#   emmet 0.7-0.9 / 0.65-0.9 / 0.74-0.94
-# Each bar is one fact (0.1) or a few points below the worst seed.
+#   rome  0.9-1.0 / 0.85-1.0 / 0.996-0.998
+#   memit 0.9-1.0 / 0.9-1.0  / 0.958-0.967
+#   emmet 0.9-1.0 / 0.85-1.0 / 0.955-0.962
+# Efficacy and locality bars are issue 16's 90%; other phrasings 0.05 (one phrasing) below
+# the worst.
 BARS = {
-    "rome": {"efficacy": 0.5, "generalisation": 0.55, "locality": 0.97},
-    "memit": {"efficacy": 0.7, "generalisation": 0.6, "locality": 0.7},
-    "emmet": {"efficacy": 0.6, "generalisation": 0.55, "locality": 0.68},
+    "rome": {"efficacy": 0.9, "generalisation": 0.8, "locality": 0.9},
+    "memit": {"efficacy": 0.9, "generalisation": 0.8, "locality": 0.9},
+    "emmet": {"efficacy": 0.9, "generalisation": 0.8, "locality": 0.9},
 }
 
 

@@ -20,22 +20,18 @@ last token; measured on the models of training seeds 0, 1 and 2):
 - llama (6 layers): the prompt's last token reads the subject already at layers 1-2, so edits work
   at layers 0-1 (10/10, 19-20/20 paraphrases, 39-40/40 neighbours) and fail from layer 2 on
   (measured on an earlier model, before training was made bit-reproducible).
-- olmo2 (6 layers, a norm after each MLP; tests/test_post_norm_toyworld.py): the facts are not
-  recalled through the subject's MLPs. Over 8 facts of seed 0, restoring the MLP output at the
-  subject's last token brings back at most 0.04 of the answer's probability (llama: 0.77 at
-  MLP 0), the block output there 0.21 at layers 0-2 (all of it from layer 0's attention), while
-  the prompt's last token carries it from layer 3 on (0.44-0.89): the lookup happens there. A
-  gemma2-like recipe (pre- and post-MLP norms) trained the same way behaves alike (measured,
-  not kept). Edits at the subject's last token of layer 0 (later layers' attention reads it)
-  flip 0.6-0.9 of 10 facts across seeds 0-2 with targets optimised over what the MLP can
-  make (docs/design.md §5); a target placed at layer 2 misses the reads of layers 1-2, so
-  MEMIT and EMMET over layers 0-2 flip 0.5-0.8. Some facts stay out of reach of MLP 0 at any
-  step count (target NLL 2.6-7.7 after 200 steps). Measured, not kept: training "profile"
-  lines as well ("Anna Adler Paris doctor .", each subject followed by its objects, 10x)
-  makes the subject's last token predict its attributes and lifts seeds 0-1 to 0.9-1.0 of
-  the facts flipped (rome, memit, emmet at layer 0), but seed 2 stays at 0.7-0.8 (two
-  targets at NLL 3.7 and 6.3 after 200 steps); subject_mask_p 1.0 or MLP width 768 did
-  not help.
+- olmo2 (6 layers, a norm after each MLP; tests/test_post_norm_toyworld.py), on a world with
+  profile lines (``ARCH_WORLDS``: "Anna Adler Paris doctor ." 10x) and a 2,000-step schedule.
+  Without them the facts were not recalled through the subject's MLPs: over 8 facts of seed 0,
+  restoring the MLP output at the subject's last token brought back at most 0.04 of the
+  answer's probability (llama: 0.77 at MLP 0), while the prompt's last token carried it from
+  layer 3 on; edits at layer 0 flipped 0.6-0.9 of 10 facts across seeds 0-2, and some facts
+  stayed out of MLP 0's reach at any step count (target NLL 2.6-7.7 after 200 steps). Profile
+  lines make the subject's last token predict its attributes, so the facts are looked up there.
+  With 1,000 steps they lifted seeds 0-1 to 0.9-1.0 but left seed 2 at 0.7-0.8; with 2,000
+  steps (a slower decay) ROME, MEMIT and EMMET at layer 0 flip 0.9-1.0 of the facts and keep
+  0.955-0.998 of the others on seeds 0-2. subject_mask_p 1.0 or MLP width 768 (with or
+  without profile lines) did not help.
 
 :data:`TOY_EDIT_LAYERS` records those layers for tests.
 """
@@ -68,8 +64,8 @@ from massedit.testing.toytrain import (
 )
 
 __all__ = [
-    "ARCH_SPECS", "TOY_EDIT_LAYERS", "WIDE_GPT2_EDIT_LAYERS", "WIDE_GPT2_SPEC", "Relation",
-    "ToyWorld", "TrainSpec", "WorldSpec", "recall", "toy_accuracy", "toy_world_model",
+    "ARCH_SPECS", "ARCH_WORLDS", "TOY_EDIT_LAYERS", "WIDE_GPT2_EDIT_LAYERS", "WIDE_GPT2_SPEC",
+    "Relation", "ToyWorld", "TrainSpec", "WorldSpec", "recall", "toy_accuracy", "toy_world_model",
     "train_toy_model",
 ]
 
@@ -80,7 +76,7 @@ log = logging.getLogger(__name__)
 TOYWORLD_VERSION = 2
 
 # Layers where a rank-one edit at the subject's last token works on the default models (above).
-# For olmo2 the layer where edits do best, not well (above), for every method.
+# For olmo2 layer 0, where its profile lines make the subject look its facts up (above).
 TOY_EDIT_LAYERS: dict[str, tuple[int, ...]] = {"gpt2": (1, 2), "llama": (0, 1), "olmo2": (0,)}
 
 # The model batch edits are judged on. In the default gpt2 model (MLP width 256) the subjects'
@@ -134,6 +130,14 @@ class WorldSpec:
     first_names: tuple[str, ...] = tuple(FIRST_NAMES)
     last_names: tuple[str, ...] = tuple(LAST_NAMES)
     relations: tuple[Relation, ...] = RELATIONS
+    # Extra training lines "Anna Adler Paris doctor ." (a subject, then its objects), repeated:
+    # the subject's last token must predict its attributes, so the facts are looked up there,
+    # as in real models. The post-norm toy needs them (module docstring); 0 elsewhere.
+    profile_repeats: int = 0
+
+
+# World options per architecture (the recipes of ARCH_SPECS train on these worlds).
+ARCH_WORLDS: dict[str, dict] = {"olmo2": {"profile_repeats": 10}}
 
 
 @dataclass
@@ -170,11 +174,16 @@ class ToyWorld:
 
     def sentences(self) -> list[str]:
         """Every fact in every phrasing, as ``"Anna Moreau lives in Paris ."``."""
-        return [
+        lines = [
             f"{t.format(f['subject'])} {f['object']} ."
             for f in self.facts
             for t in self.train_templates[f["relation"]]
         ]
+        objects: dict[str, list[str]] = {}
+        for f in self.facts:
+            objects.setdefault(f["subject"], []).append(f["object"])
+        profiles = [f"{subject} {' '.join(objs)} ." for subject, objs in objects.items()]
+        return lines + profiles * self.spec.profile_repeats
 
     def prompts(self) -> tuple[list[str], list[str]]:
         """``(prompts, answers)`` for every fact and phrasing."""
@@ -257,8 +266,11 @@ def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
 
 
 def _spec_hash(world: WorldSpec, train: TrainSpec) -> str:
+    world_fields = asdict(world)
+    if not world_fields["profile_repeats"]:  # added later: unset, earlier toys keep their entry
+        del world_fields["profile_repeats"]
     payload = json.dumps(
-        {"version": TOYWORLD_VERSION, "world": asdict(world), "train": asdict(train),
+        {"version": TOYWORLD_VERSION, "world": world_fields, "train": asdict(train),
          "fingerprint": training_fingerprint()},
         sort_keys=True,
     )
@@ -294,7 +306,7 @@ def toy_world_model(
     elif spec.arch != arch:
         raise ValueError(f"spec.arch={spec.arch!r} but arch={arch!r}; pass the same architecture")
     spec = TrainSpec(**{**asdict(spec), "seed": seed if train_seed is None else train_seed})
-    world = ToyWorld.generate(WorldSpec(seed=seed))
+    world = ToyWorld.generate(WorldSpec(seed=seed, **ARCH_WORLDS.get(arch, {})))
     path = _cache_root(cache_dir) / "toyworld" / f"{arch}-{_spec_hash(world.spec, spec)}"
     if (path / "toyworld.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
