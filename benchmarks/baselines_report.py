@@ -39,10 +39,6 @@ def load_combinations(study: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((study / "combinations").glob("*.json"))]
 
 
-def unedited_summary(study: Path) -> dict:
-    return json.loads((study / "unedited.json").read_text()).get("summary", {})
-
-
 def row_of(rec: dict, n_cases: int | None = None) -> dict:
     """One table row; ``n_cases`` restricts the summary to the first cases of the run."""
     combo = rec["combination"]
@@ -121,12 +117,12 @@ def main() -> None:
 
     main_recs, kn_recs = load_combinations(args.study), load_combinations(args.kn)
     n_kn = min(len(r["rows"]) for r in kn_recs if r["status"] == "finished")
-    unedited = unedited_summary(args.study)
+    unedited_record = json.loads((args.study / "unedited.json").read_text())
+    unedited = unedited_record["summary"]
     full = sorted([row_of(r) for r in main_recs + kn_recs], key=sort_key)
     first = sorted([row_of(r, n_kn) for r in main_recs if r["combination"]["batch_size"] == 1]
                    + [row_of(r) for r in kn_recs], key=sort_key)
-    unedited_first = summarize(json.loads((args.study / "unedited.json").read_text())
-                               ["rows"][:n_kn])
+    unedited_first = summarize(unedited_record["rows"][:n_kn])
 
     args.out.mkdir(parents=True, exist_ok=True)
     plot(full, unedited, args.out / "baselines.png")

@@ -266,11 +266,8 @@ def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
 
 
 def _spec_hash(world: WorldSpec, train: TrainSpec) -> str:
-    world_fields = asdict(world)
-    if not world_fields["profile_repeats"]:  # added later: unset, earlier toys keep their entry
-        del world_fields["profile_repeats"]
     payload = json.dumps(
-        {"version": TOYWORLD_VERSION, "world": world_fields, "train": asdict(train),
+        {"version": TOYWORLD_VERSION, "world": asdict(world), "train": asdict(train),
          "fingerprint": training_fingerprint()},
         sort_keys=True,
     )
